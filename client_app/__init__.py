@@ -1,0 +1,1 @@
+"""The ClientApp: local training, evaluation, query actions, label ledger."""

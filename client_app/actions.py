@@ -1,0 +1,186 @@
+"""Client-side handlers: train, evaluate and every ``query.<action>``.
+
+Query actions are registered by name in :data:`QUERY_ACTIONS` with
+:func:`query_action`; ``client_app.app`` turns each into a Flower
+``@app.query(<name>)`` handler. A method that needs its own message round
+(AHFAL's histogram, FairFAL's imbalance statistic, FALE's masked matrices)
+adds a function here or in a module of its own imported by ``client_app.app``;
+the selection itself lives in ``query/`` (no Flower there).
+
+Every handler receives the message content and a :class:`ClientSession` and
+returns the reply content. Every reply carries ``compute-seconds`` so the
+server can split wall time into client compute and framework overhead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from client_app.session import ClientSession
+from fal_shared.training import TrainSettings, evaluate, train_model
+from fal_shared.wire import config_of, int_list
+from query import PoolContext, get_selector, run_selection
+from query.models import ModelBank
+
+__all__ = ["QUERY_ACTIONS", "query_action", "handle_train", "handle_evaluate"]
+
+Handler = Callable[[ClientSession, RecordDict], RecordDict]
+QUERY_ACTIONS: dict[str, Handler] = {}
+
+
+def query_action(name: str) -> Callable[[Handler], Handler]:
+    """Register ``fn`` as the handler of ``query.<name>`` messages."""
+
+    if not name.isidentifier():
+        raise ValueError(f"query action {name!r} must be a Python identifier (Flower routes query.<action>)")
+
+    def deco(fn: Handler) -> Handler:
+        if name in QUERY_ACTIONS:
+            raise ValueError(f"query action {name!r} is registered twice")
+        QUERY_ACTIONS[name] = fn
+        return fn
+
+    return deco
+
+
+def _reply(config: dict, metrics: dict | None = None, **records) -> RecordDict:
+    content = RecordDict({"result": ConfigRecord(config), **records})
+    if metrics is not None:
+        content["metrics"] = MetricRecord(metrics)
+    return content
+
+
+# ---------------------------------------------------------------- train/eval
+def handle_train(session: ClientSession, content: RecordDict) -> RecordDict:
+    """E local epochs on the labeled set, starting from the received model."""
+    start = time.perf_counter()
+    cfg = session.cfg
+    conf = config_of(content)
+    model = session.model_from(content["arrays"])
+    _, x, y = session.labeled()
+    settings = TrainSettings(
+        epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        lr=float(conf.get("lr", cfg.lr)),
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        optimizer=cfg.optimizer,
+        task=session.data.task,
+    )
+    seed = int(np.random.default_rng(session.query_seed(int(conf["cycle"]), int(conf["server-round"]))).integers(2**31))
+    report = train_model(model, x, y, settings, seed=seed, device=session.device, normalize=session.data.normalize)
+    session.store_local_model(model)
+    metrics = {
+        "num-examples": len(y),
+        "train-loss": float(report.final_loss) if len(y) else 0.0,
+        "compute-seconds": time.perf_counter() - start,
+    }
+    return RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
+
+
+def handle_evaluate(session: ClientSession, content: RecordDict) -> RecordDict:
+    """Evaluate the received model on the client's share of the test set."""
+    start = time.perf_counter()
+    model = session.model_from(content["arrays"])
+    data = session.data
+    result = evaluate(
+        model, data.x_test, data.y_test, num_classes=data.num_classes,
+        batch_size=session.cfg.score_batch_size, device=session.device,
+        task=data.task, normalize=data.normalize,
+    )
+    metrics: dict = {"num-examples": int(result["num-examples"]), "compute-seconds": time.perf_counter() - start}
+    if data.task == "regression":
+        metrics["mse"] = float(result["mse"])
+    else:
+        y = data.y_test
+        pred_correct = [0] * data.num_classes
+        acc = result["per-class-accuracy"]
+        counts = np.bincount(y, minlength=data.num_classes)
+        for c in range(data.num_classes):
+            pred_correct[c] = int(round(acc[c] * counts[c])) if counts[c] else 0
+        metrics["accuracy"] = float(result["accuracy"])
+        metrics["loss"] = float(result["loss"])
+        metrics["correct-per-class"] = pred_correct
+        metrics["count-per-class"] = [int(v) for v in counts]
+    return RecordDict({"metrics": MetricRecord(metrics)})
+
+
+# ------------------------------------------------------------------- queries
+@query_action("setup")
+def setup(session: ClientSession, content: RecordDict) -> RecordDict:
+    """Load the partition, buy the initial labels once, describe the client."""
+    start = time.perf_counter()
+    session.ensure_initial_labels()
+    pool_ids, _ = session.pool()
+    config = {
+        "partition-id": session.partition_id,
+        "num-partitions": session.num_partitions,
+        "data-size": len(session.data.ids),
+        "pool-size": len(pool_ids),
+        "labeled": len(session.ledger),
+        "num-classes": session.data.num_classes,
+        "ledger": str(session.ledger_path),
+    }
+    if session.cfg.record_label_histograms:
+        config["label-histogram"] = session.label_histogram()
+    return _reply(config, {"compute-seconds": time.perf_counter() - start})
+
+
+def model_bank(session: ClientSession, content: RecordDict, x_pool: np.ndarray, x_labeled: np.ndarray, cycle: int) -> ModelBank:
+    """The query models a selector may ask for, built lazily."""
+    loaders = {}
+    if "global-model" in content.array_records:
+        loaders["global"] = lambda: session.model_from(content["global-model"])
+    loaders["local"] = session.local_model
+    loaders["local-only"] = lambda: session.train_local_only(
+        seed=int(np.random.default_rng(session.query_seed(cycle, 17)).integers(2**31))
+    )
+    return ModelBank(loaders, session.predict, x_pool, x_labeled)
+
+
+@query_action("select")
+def select(session: ClientSession, content: RecordDict) -> RecordDict:
+    """Score the pool with the named selector, buy the labels, report the picks.
+
+    Config keys: ``selector``, ``budget``, ``cycle``, ``token``, ``strategy``,
+    plus any selector parameters (sent by the server strategy).
+    """
+    start = time.perf_counter()
+    conf = config_of(content)
+    cycle, token = int(conf["cycle"]), str(conf["token"])
+    bought = session.ledger.purchase(token)
+    if bought is None:  # not done before: select now (retries skip this)
+        pool_ids, x_pool = session.pool()
+        labeled_ids, x_labeled, y_labeled = session.labeled()
+        ctx = PoolContext(
+            pool_ids=pool_ids,
+            labeled_ids=labeled_ids,
+            labeled_y=y_labeled,
+            budget=min(int(conf["budget"]), len(pool_ids)),
+            num_classes=session.data.num_classes,
+            rng=np.random.default_rng(session.query_seed(cycle, 1)),
+            models=model_bank(session, content, x_pool, x_labeled, cycle),
+            params={**session.cfg.to_flower(), **conf, **{k: v for k, v in content.config_records.get("params", {}).items()}},
+            task=session.data.task,
+        )
+        outcome = run_selection(get_selector(str(conf["selector"])), ctx)
+        bought = session.buy(outcome.ids, cycle=cycle, strategy=str(conf["strategy"]), token=token)
+        select_seconds, diagnostics = outcome.seconds, outcome.diagnostics
+    else:
+        select_seconds, diagnostics = 0.0, {"replayed": True}
+    config = {
+        "selected-ids": int_list(bought),
+        "labeled": len(session.ledger),
+        "pool-size": len(session.data.ids) - len(session.ledger),
+    }
+    for key, value in diagnostics.items():
+        if isinstance(value, (int, float, str, bool)):
+            config[f"diag-{key}"] = value
+    if session.cfg.record_label_histograms:
+        config["label-histogram"] = session.label_histogram()
+    metrics = {"compute-seconds": time.perf_counter() - start, "selection-seconds": select_seconds}
+    return _reply(config, metrics)

@@ -1,0 +1,142 @@
+"""From run config to the data each role holds.
+
+Every client derives its own partition from (run config, partition-id,
+num-partitions), so simulation and deployment give the same split, and the
+server holds only the test set. Loaded datasets are cached per process
+(Ray actors and the ServerApp reuse them across messages).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from fal_shared.config import RunConfig
+from fal_shared.data.classification import load_classification, long_tail_indices
+from fal_shared.data.partition import partition_indices
+from fal_shared.data.regression import Standardizer, constant_columns, load_regression, regression_split
+
+__all__ = ["ClientData", "TestData", "client_data", "test_data"]
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One client's partition. ``y`` is ground truth: only the oracle reads it."""
+
+    ids: np.ndarray  # global sample ids (indices into the training split)
+    x: np.ndarray
+    y: np.ndarray
+    x_test: np.ndarray  # the client's share of the test set (federated evaluation)
+    y_test: np.ndarray
+    num_classes: int
+    input_shape: tuple[int, ...]
+    normalize: tuple[float, tuple[float, ...], tuple[float, ...]] | None
+    task: str
+
+    def rows(self, sample_ids: np.ndarray) -> np.ndarray:
+        """Positions of global ``sample_ids`` in this partition."""
+        pos = np.searchsorted(self.ids, sample_ids)
+        if len(sample_ids) and (pos.max() >= len(self.ids) or np.any(self.ids[pos] != sample_ids)):
+            raise KeyError("sample ids outside this client's partition")
+        return pos
+
+
+@dataclass(frozen=True)
+class TestData:
+    x: np.ndarray
+    y: np.ndarray
+    num_classes: int
+    input_shape: tuple[int, ...]
+    normalize: tuple[float, tuple[float, ...], tuple[float, ...]] | None
+    task: str
+
+
+@lru_cache(maxsize=4)
+def _classification(dataset: str, data_root: str, long_tail_factor: float, seed: int):
+    train = load_classification(dataset, "train", data_root or None)
+    test = load_classification(dataset, "test", data_root or None)
+    keep = np.arange(len(train.y))
+    if long_tail_factor > 1:
+        keep = np.sort(long_tail_indices(train.y, train.num_classes, long_tail_factor, seed))
+    return train, test, keep
+
+
+@lru_cache(maxsize=4)
+def _regression(dataset: str, data_root: str, num_partitions: int, test_fraction: float, alpha: float, seed: int):
+    x, y, _ = load_regression(dataset, data_root or None)
+    test_idx, parts = regression_split(
+        x, y, num_partitions, test_fraction=test_fraction, alpha=alpha, seed=seed
+    )
+    train_idx = np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+    # Data-provider preprocessing (documented in README "Regression data"):
+    # drop columns constant on the training split (they make X^T X singular,
+    # e.g. kegg-undirected's all-zero column 9), then standardise X and y with
+    # statistics of the pooled training split.
+    x = np.delete(x, constant_columns(x[train_idx]), axis=1)
+    xs = Standardizer.fit(x[train_idx]).transform(x).astype(np.float32)
+    ys = Standardizer.fit(y[train_idx]).transform(y).astype(np.float64)
+    return xs, ys, test_idx, parts
+
+
+@lru_cache(maxsize=16)
+def _partitions(dataset: str, data_root: str, long_tail_factor: float, seed: int,
+                num_partitions: int, scheme: str, alpha: float) -> list[np.ndarray]:
+    train, _, keep = _classification(dataset, data_root, long_tail_factor, seed)
+    parts = partition_indices(train.y[keep], num_partitions, scheme=scheme, alpha=alpha, seed=seed)
+    return [np.sort(keep[p]) for p in parts]
+
+
+def _test_share(n_test: int, partition_id: int, num_partitions: int, seed: int) -> np.ndarray:
+    order = np.random.default_rng([seed, 7919]).permutation(n_test)
+    return np.sort(np.array_split(order, num_partitions)[partition_id])
+
+
+def check_partition(partition_id: int, num_partitions: int) -> None:
+    if num_partitions < 1:
+        raise ValueError(f"node config num-partitions must be >= 1, got {num_partitions}")
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(
+            f"node config partition-id={partition_id} is outside 0..{num_partitions - 1} "
+            f"(num-partitions={num_partitions})"
+        )
+
+
+def client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> ClientData:
+    """The partition of client ``partition_id`` out of ``num_partitions``."""
+    check_partition(partition_id, num_partitions)
+    if cfg.task == "regression":
+        x, y, test_idx, parts = _regression(
+            cfg.dataset, cfg.data_root, num_partitions, cfg.test_fraction, cfg.regression_alpha, cfg.seed
+        )
+        ids = np.sort(parts[partition_id])
+        share = test_idx[_test_share(len(test_idx), partition_id, num_partitions, cfg.seed)]
+        return ClientData(ids, x[ids], y[ids], x[share], y[share], 1, (x.shape[1],), None, "regression")
+    train, test, _ = _classification(cfg.dataset, cfg.data_root, cfg.long_tail_factor, cfg.seed)
+    ids = _partitions(cfg.dataset, cfg.data_root, cfg.long_tail_factor, cfg.seed,
+                      num_partitions, cfg.partition, cfg.alpha)[partition_id]
+    share = _test_share(len(test.y), partition_id, num_partitions, cfg.seed)
+    return ClientData(
+        ids=ids,
+        x=train.x[ids],
+        y=train.y[ids],
+        x_test=test.x[share],
+        y_test=test.y[share],
+        num_classes=train.num_classes,
+        input_shape=tuple(train.x.shape[1:]),
+        normalize=(train.scale, train.mean, train.std),
+        task="classification",
+    )
+
+
+def test_data(cfg: RunConfig, num_partitions: int | None = None) -> TestData:
+    """The held-out test set the server evaluates on (central evaluation)."""
+    if cfg.task == "regression":
+        x, y, test_idx, _ = _regression(
+            cfg.dataset, cfg.data_root, num_partitions or cfg.num_clients, cfg.test_fraction,
+            cfg.regression_alpha, cfg.seed,
+        )
+        return TestData(x[test_idx], y[test_idx], 1, (x.shape[1],), None, "regression")
+    train, test, _ = _classification(cfg.dataset, cfg.data_root, cfg.long_tail_factor, cfg.seed)
+    return TestData(test.x, test.y, test.num_classes, tuple(test.x.shape[1:]), (train.scale, train.mean, train.std), "classification")

@@ -1,0 +1,1 @@
+"""The ServerApp: the FAL loop over Flower messages."""

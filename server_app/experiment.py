@@ -1,0 +1,362 @@
+"""The FAL loop: cycles of FedAvg training, global evaluation and a query phase.
+
+::
+
+    setup round (query.setup): clients load their partitions, buy initial labels
+    for cycle in 0..num-cycles:
+        model = fresh init (model-init=reinit) or the last global model
+        R FedAvg rounds of E local epochs on the labeled sets (Flower's FedAvg)
+        evaluate the global model (central test set, or federated)
+        if cycle < num-cycles: query phase (the strategy's query.* rounds)
+
+Everything crosses the network as Flower messages through a
+:class:`MeteredGrid`, so bytes per message kind are measured, in simulation
+and deployment alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fal_shared.config import RunConfig
+from fal_shared.experiment_data import test_data
+from fal_shared.models import build_model
+from fal_shared.training import evaluate, pick_device
+from fal_shared.wire import config_of
+from server_app.messaging import ClientFailure, MeteredGrid, Messenger, TrafficMeter
+from server_app.results import ResultsRecorder
+from strategies import ClientInfo, create_strategy
+
+__all__ = ["Experiment", "ClientFailure"]
+
+log = logging.getLogger("fal")
+
+
+class CycleFedAvg(FedAvg):
+    """Flower's FedAvg for one cycle: all clients, in a fixed order, per-round lr.
+
+    Deviations from the stock strategy, and why: replies are aggregated in
+    partition order (float sums are order-dependent; this keeps runs with the
+    same seed identical), a failed client aborts the cycle with its error
+    instead of being silently dropped, and the lr follows LoGo's per-round
+    schedule (:meth:`RunConfig.lr_for_round`).
+    """
+
+    def __init__(self, cfg: RunConfig, messenger: Messenger, cycle: int) -> None:
+        super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=len(messenger.nodes))
+        self.cfg = cfg
+        self.messenger = messenger
+        self.cycle = cycle
+        self.order = [messenger.nodes[p] for p in sorted(messenger.nodes)]
+        self.client_seconds: list[float] = []
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
+        conf = ConfigRecord({
+            **config,
+            "server-round": server_round,
+            "cycle": self.cycle,
+            "lr": self.cfg.lr_for_round(server_round),
+        })
+        return [
+            Message(
+                content=self.messenger.with_run_name(RecordDict({"arrays": arrays, "config": conf})),
+                dst_node_id=node,
+                message_type=MessageType.TRAIN,
+            )
+            for node in self.order
+        ]
+
+    def aggregate_train(self, server_round: int, replies):
+        replies = list(replies)
+        by_node = {r.metadata.src_node_id: r for r in replies}
+        node_to_pid = {n: p for p, n in self.messenger.nodes.items()}
+        problems = []
+        for node in self.order:
+            reply = by_node.get(node)
+            if reply is None:
+                problems.append(f"partition {node_to_pid[node]} (node {node}): no reply")
+            elif reply.has_error():
+                problems.append(f"partition {node_to_pid[node]} (node {node}): {reply.error.reason}")
+        if problems:
+            raise ClientFailure(f"train round {server_round} of cycle {self.cycle} failed: " + "; ".join(problems))
+        ordered = [by_node[n] for n in self.order]
+        self.client_seconds += [float(r.content["metrics"]["compute-seconds"]) for r in ordered]
+        return super().aggregate_train(server_round, ordered)
+
+
+class _Phase:
+    """The :class:`strategies.QueryPhase` the loop hands to a strategy."""
+
+    def __init__(self, exp: "Experiment", cycle: int, arrays: ArrayRecord, budgets: dict[int, int]) -> None:
+        self.exp = exp
+        self.cfg = exp.cfg
+        self.cycle = cycle
+        self.clients = exp.clients
+        self.budgets = budgets
+        self.global_arrays = arrays
+        self.state = exp.strategy_state
+        self.recorded: dict[str, Any] = {}
+        self.selected: dict[int, np.ndarray] = {}
+        self.selection_seconds: list[float] = []
+        self.new_arrays: ArrayRecord | None = None
+
+    def _content(self, config: Mapping[str, Any] | None, include_model: bool, records: Mapping[str, Any] | None) -> RecordDict:
+        items: dict[str, Any] = {"config": ConfigRecord({"cycle": self.cycle, **(config or {})})}
+        if include_model:
+            items["global-model"] = self.global_arrays
+        items.update(records or {})
+        return RecordDict(items)
+
+    def broadcast(self, action, config=None, *, include_model=False, records=None):
+        content = self._content(config, include_model, records)
+        return self.exp.messenger.send(f"query.{action}", {p: content for p in self.clients})
+
+    def send(self, action, contents):
+        return self.exp.messenger.send(f"query.{action}", contents)
+
+    def select(self, selector, params=None, *, per_client=None, include_model=True, budgets=None):
+        budgets = dict(budgets if budgets is not None else self.budgets)
+        contents = {}
+        for pid in self.clients:
+            config = {
+                "selector": selector,
+                "strategy": self.cfg.strategy,
+                "budget": int(budgets.get(pid, 0)),
+                "token": f"cycle-{self.cycle}-select",
+                **(params or {}),
+                **((per_client or {}).get(pid, {})),
+            }
+            contents[pid] = self._content(config, include_model, None)
+        replies = self.send("select", contents)
+        for pid, reply in replies.items():
+            result = config_of(reply, "result")
+            ids = np.asarray(result.get("selected-ids", []), dtype=np.int64)
+            self.selected[pid] = ids
+            info = self.clients[pid]
+            info.labeled = int(result["labeled"])
+            info.pool_size = int(result["pool-size"])
+            if "label-histogram" in result:
+                info.label_histogram = [int(v) for v in result["label-histogram"]]
+            metrics = reply.metric_records.get("metrics")
+            if metrics is not None:
+                self.selection_seconds.append(float(metrics.get("selection-seconds", 0.0)))
+            diag = {k[5:]: v for k, v in result.items() if k.startswith("diag-")}
+            if diag:
+                self.recorded.setdefault("client-diagnostics", {})[str(pid)] = diag
+        return dict(self.selected)
+
+    def record(self, key, value):
+        self.recorded[key] = value
+
+    def replace_model(self, arrays):
+        self.new_arrays = arrays
+
+
+class Experiment:
+    """One FAL experiment on a Grid (real, simulated, or in-process for tests)."""
+
+    def __init__(self, grid: Grid, cfg: RunConfig, *, run_name: str, recorder: ResultsRecorder) -> None:
+        self.cfg = cfg
+        self.meter = TrafficMeter()
+        self.grid = MeteredGrid(grid, self.meter)
+        self.run_name = run_name
+        self.recorder = recorder
+        self.strategy = create_strategy(cfg)  # unknown names fail here, before anything runs
+        self.strategy_state: dict[str, Any] = {}
+        self.messenger = Messenger(self.grid, run_name=run_name, timeout=cfg.reply_timeout_seconds, retries=cfg.query_retries)
+        self.clients: dict[int, ClientInfo] = {}
+        self.device = pick_device(cfg.device)
+        self.test = test_data(cfg) if cfg.evaluation == "central" else None
+        self.model_name = cfg.resolved_model()
+        self._input_shape: tuple[int, ...] | None = self.test.input_shape if self.test else None
+
+    # ---------------------------------------------------------------- setup
+    def _wait_for_nodes(self) -> list[int]:
+        deadline = time.monotonic() + self.cfg.node_wait_seconds
+        while True:
+            nodes = sorted(self.grid.get_node_ids())
+            if len(nodes) >= self.cfg.num_clients:
+                break
+            if time.monotonic() > deadline:
+                raise ClientFailure(
+                    f"num-clients={self.cfg.num_clients} but only {len(nodes)} node(s) connected within "
+                    f"node-wait-seconds={self.cfg.node_wait_seconds:g}"
+                )
+            time.sleep(1.0)
+        if len(nodes) > self.cfg.num_clients:
+            raise ValueError(
+                f"num-clients={self.cfg.num_clients} but {len(nodes)} nodes are connected; "
+                "set num-clients to the number of SuperNodes"
+            )
+        return nodes
+
+    def discover(self) -> None:
+        """Setup round: map partitions to nodes, check them, learn pool sizes."""
+        nodes = self._wait_for_nodes()
+        replies = self.messenger.send_to_nodes("query.setup", {n: RecordDict({"config": ConfigRecord({})}) for n in nodes})
+        errors = [f"node {n}: {r.error.reason}" for n, r in replies.items() if r.has_error()]
+        missing = [n for n in nodes if n not in replies]
+        if errors or missing:
+            raise ClientFailure("setup failed: " + "; ".join(errors + [f"node {n}: no reply" for n in missing]))
+        clients: dict[int, ClientInfo] = {}
+        partitions_seen: set[int] = set()
+        for node, reply in sorted(replies.items()):
+            meta = self.messenger.compute_seconds  # noqa: F841  (setup time is not a phase)
+            r = config_of(reply.content, "result")
+            pid, nparts = int(r["partition-id"]), int(r["num-partitions"])
+            partitions_seen.add(nparts)
+            if pid in clients:
+                raise ValueError(
+                    f"partition-id {pid} is served by two nodes ({clients[pid].node_id} and {node}); "
+                    "give every SuperNode its own partition-id"
+                )
+            clients[pid] = ClientInfo(
+                partition_id=pid, node_id=node, data_size=int(r["data-size"]), pool_size=int(r["pool-size"]),
+                labeled=int(r["labeled"]), num_classes=int(r["num-classes"]),
+                label_histogram=[int(v) for v in r["label-histogram"]] if "label-histogram" in r else None,
+            )
+        if len(partitions_seen) != 1:
+            raise ValueError(f"nodes disagree on num-partitions: {sorted(partitions_seen)}")
+        nparts = partitions_seen.pop()
+        if nparts < len(nodes):
+            raise ValueError(
+                f"num-partitions={nparts} is fewer than the {len(nodes)} connected nodes; every node needs its own partition"
+            )
+        self.clients = dict(sorted(clients.items()))
+        self.messenger.nodes = {p: c.node_id for p, c in self.clients.items()}
+        self.num_partitions = nparts
+
+    def check_budgets(self) -> None:
+        """Impossible budgets fail here, before any training."""
+        if self.cfg.budget_mode == "count" and self.cfg.num_cycles > 0:
+            need = self.cfg.budget_count * self.cfg.num_cycles
+            largest = max(c.pool_size for c in self.clients.values())
+            if need > largest:
+                raise ValueError(
+                    f"budget-count: {self.cfg.budget_count} labels x {self.cfg.num_cycles} cycles = {need} "
+                    f"exceeds the largest client pool ({largest} unlabeled samples)"
+                )
+
+    def budgets(self) -> dict[int, int]:
+        return {p: self.cfg.budget_for(c.data_size, c.pool_size) for p, c in self.clients.items()}
+
+    # -------------------------------------------------------------- models
+    def fresh_model(self, cycle: int) -> ArrayRecord:
+        shape = self._input_shape
+        if shape is None:
+            raise RuntimeError("input shape unknown")  # set in run() for federated evaluation
+        num_outputs = next(iter(self.clients.values())).num_classes
+        model = build_model(self.model_name, input_shape=shape, num_outputs=num_outputs, seed=self.cfg.seed * 1000 + cycle)
+        return ArrayRecord(model.state_dict())
+
+    def evaluate(self, arrays: ArrayRecord) -> dict[str, Any]:
+        if self.test is not None:
+            num_outputs = self.test.num_classes
+            model = build_model(self.model_name, input_shape=self.test.input_shape, num_outputs=num_outputs)
+            model.load_state_dict(arrays.to_torch_state_dict())
+            result = evaluate(
+                model, self.test.x, self.test.y, num_classes=self.test.num_classes, batch_size=self.cfg.score_batch_size,
+                device=self.device, task=self.test.task, normalize=self.test.normalize,
+            )
+            result["where"] = "central"
+        else:
+            replies = self.messenger.send(
+                MessageType.EVALUATE, {p: RecordDict({"arrays": arrays, "config": ConfigRecord({})}) for p in self.clients}
+            )
+            metrics = [r["metrics"] for r in replies.values()]
+            n = sum(int(m["num-examples"]) for m in metrics)
+            if self.cfg.task == "regression":
+                result = {"mse": sum(float(m["mse"]) * int(m["num-examples"]) for m in metrics) / max(n, 1)}
+            else:
+                correct = np.sum([m["correct-per-class"] for m in metrics], axis=0)
+                count = np.sum([m["count-per-class"] for m in metrics], axis=0)
+                per_class = [float(c / k) if k else float("nan") for c, k in zip(correct, count)]
+                result = {"accuracy": float(correct.sum() / max(count.sum(), 1)), "per-class-accuracy": per_class}
+            result["num-examples"] = n
+            result["where"] = "federated"
+        if "per-class-accuracy" in result:
+            vals = [v for v in result["per-class-accuracy"] if v == v]
+            result["balanced-accuracy"] = float(np.mean(vals)) if vals else float("nan")
+        return result
+
+    # ----------------------------------------------------------------- loop
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.discover()
+        self.check_budgets()
+        if self._input_shape is None:
+            self._input_shape = self._probe_input_shape()
+        self.recorder.set_clients({
+            str(p): {"node-id": c.node_id, "data-size": c.data_size, "initial-labeled": c.labeled} for p, c in self.clients.items()
+        })
+        total_data = sum(c.data_size for c in self.clients.values())
+        arrays = self.fresh_model(0)
+        for cycle in range(cfg.num_cycles + 1):
+            before = self.meter.snapshot()
+            seconds: dict[str, float] = {}
+            if cycle > 0 and cfg.model_init == "reinit":
+                arrays = self.fresh_model(cycle)
+            t0 = time.perf_counter()
+            fedavg = CycleFedAvg(cfg, self.messenger, cycle)
+            result = fedavg.start(
+                grid=self.grid, initial_arrays=arrays, num_rounds=cfg.rounds_per_cycle,
+                timeout=cfg.reply_timeout_seconds, train_config=ConfigRecord({"cycle": cycle}),
+            )
+            arrays = result.arrays
+            seconds["train"] = time.perf_counter() - t0
+            seconds["train-client-compute-sum"] = float(np.sum(fedavg.client_seconds))
+            t0 = time.perf_counter()
+            evaluation = self.evaluate(arrays)
+            seconds["evaluate"] = time.perf_counter() - t0
+            labeled = sum(c.labeled for c in self.clients.values())
+            record: dict[str, Any] = {
+                "cycle": cycle,
+                "labeled": labeled,
+                "labeled-fraction": labeled / max(total_data, 1),
+                "labeled-per-client": {str(p): c.labeled for p, c in self.clients.items()},
+                "evaluation": evaluation,
+            }
+            if cfg.record_label_histograms:
+                record["labels-per-class-per-client"] = {str(p): c.label_histogram for p, c in self.clients.items()}
+            self._log_cycle(record)
+            if cycle < cfg.num_cycles:
+                t0 = time.perf_counter()
+                phase = _Phase(self, cycle, arrays, self.budgets())
+                self.messenger.compute_seconds.clear()
+                self.strategy.query(phase)
+                seconds["query"] = time.perf_counter() - t0
+                seconds["selection-client-max"] = max(phase.selection_seconds, default=0.0)
+                seconds["query-client-compute-sum"] = float(sum(sum(v) for v in self.messenger.compute_seconds.values()))
+                record["budgets"] = {str(p): b for p, b in phase.budgets.items()}
+                record["selected-ids"] = {str(p): [int(i) for i in ids] for p, ids in phase.selected.items()}
+                record["strategy"] = phase.recorded
+                if phase.new_arrays is not None:
+                    arrays = phase.new_arrays
+            record["seconds"] = seconds
+            record["traffic"] = TrafficMeter.diff(self.meter.snapshot(), before)
+            self.recorder.add_cycle(record)
+        final = self.recorder.data["cycles"][-1]["evaluation"]
+        totals = {"traffic": self.meter.snapshot(), "final-evaluation": final}
+        self.recorder.finish("completed", totals=totals)
+        return self.recorder.data
+
+    def _probe_input_shape(self) -> tuple[int, ...]:
+        from fal_shared.experiment_data import client_data
+
+        return client_data(self.cfg, next(iter(self.clients)), self.num_partitions).input_shape
+
+    def _log_cycle(self, record: dict[str, Any]) -> None:
+        ev = record["evaluation"]
+        metric = f"mse={ev['mse']:.4f}" if "mse" in ev else f"accuracy={ev['accuracy']:.4f}"
+        per_client = " ".join(f"{p}:{n}" for p, n in record["labeled-per-client"].items())
+        msg = f"[FAL] cycle {record['cycle']}: {metric} labeled={record['labeled']} ({record['labeled-fraction']:.1%}) per client {per_client}"
+        log.info(msg)
+        print(msg, flush=True)

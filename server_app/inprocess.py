@@ -1,0 +1,81 @@
+"""A Grid that runs the ClientApp in this process, one Context per node.
+
+For tests and debugging: it exercises the real ServerApp loop and the real
+ClientApp handlers with real Flower messages, without Ray or a SuperLink
+(``flwr run`` tests cover those). A client exception becomes an error reply,
+as it does in Flower's runtimes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+__all__ = ["InProcessGrid"]
+
+
+class InProcessGrid(Grid):
+    def __init__(self, client_app: ClientApp, run_config: dict[str, Any], node_configs: list[dict[str, Any]]) -> None:
+        self.client_app = client_app
+        # Messages read the run id from the process's task identity, which
+        # Flower's runtimes set; here we are the runtime.
+        TaskIdentity.run_id = 1
+        TaskIdentity.node_id = 1
+        TaskIdentity.task_id = 1
+        self.run_config = dict(run_config)
+        self.contexts = {
+            1000 + i: Context(run_id=1, node_id=1000 + i, node_config=dict(nc), state=RecordDict(), run_config=self.run_config)
+            for i, nc in enumerate(node_configs)
+        }
+        self.down: set[int] = set()  # node ids that do not answer (tests of failures)
+        self.fail_next: dict[int, str] = {}  # node id -> error reason for its next message
+        self.log: list[tuple[str, int]] = []
+
+    def restart_node(self, node_id: int) -> int:
+        """Simulate a SuperNode restart: a new node id, empty in-memory state, same node config."""
+        ctx = self.contexts.pop(node_id)
+        new_id = max(self.contexts, default=node_id) + 1
+        self.contexts[new_id] = Context(run_id=1, node_id=new_id, node_config=ctx.node_config, state=RecordDict(), run_config=self.run_config)
+        return new_id
+
+    def set_run(self, run_id: int) -> None:  # pragma: no cover
+        pass
+
+    @property
+    def run(self):  # pragma: no cover
+        raise NotImplementedError
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:  # pragma: no cover
+        raise NotImplementedError
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # pragma: no cover
+        raise NotImplementedError("use send_and_receive")
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # pragma: no cover
+        raise NotImplementedError("use send_and_receive")
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            self.log.append((msg.metadata.message_type, node))
+            if node in self.down or node not in self.contexts:
+                continue
+            if node in self.fail_next:
+                reason = self.fail_next.pop(node)
+                replies.append(Message(Error(code=0, reason=reason), reply_to=msg))
+                continue
+            try:
+                reply = self.client_app(msg, self.contexts[node])
+            except Exception as err:  # as Flower's runtimes do: an error reply
+                reply = Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
+            replies.append(reply)
+        return replies

@@ -1,0 +1,101 @@
+"""Results files of a run: ``results.json`` (everything) and ``cycles.csv`` (one row per cycle).
+
+Both are rewritten atomically after every cycle, so a crash leaves the cycles
+completed so far and ``status: failed`` with the error.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ResultsRecorder"]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class ResultsRecorder:
+    def __init__(self, folder: Path, *, run_name: str, config: dict[str, Any]) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.data: dict[str, Any] = {
+            "run-name": run_name,
+            "status": "running",
+            "error": None,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "finished": None,
+            "config": config,
+            "clients": {},
+            "cycles": [],
+            "totals": {},
+        }
+        self.flush()
+
+    @property
+    def json_path(self) -> Path:
+        return self.folder / "results.json"
+
+    @property
+    def csv_path(self) -> Path:
+        return self.folder / "cycles.csv"
+
+    def set_clients(self, clients: dict[str, Any]) -> None:
+        self.data["clients"] = clients
+        self.flush()
+
+    def add_cycle(self, record: dict[str, Any]) -> None:
+        self.data["cycles"].append(record)
+        self.flush()
+
+    def update_last_cycle(self, **values: Any) -> None:
+        self.data["cycles"][-1].update(values)
+        self.flush()
+
+    def finish(self, status: str, *, error: str | None = None, totals: dict[str, Any] | None = None) -> None:
+        self.data["status"] = status
+        self.data["error"] = error
+        self.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if totals:
+            self.data["totals"] = totals
+        self.flush()
+
+    def flush(self) -> None:
+        _atomic_write(self.json_path, json.dumps(self.data, indent=1))
+        _atomic_write(self.csv_path, self._csv())
+
+    def _csv(self) -> str:
+        rows = []
+        for c in self.data["cycles"]:
+            row = {
+                "cycle": c["cycle"],
+                "labeled": c["labeled"],
+                "labeled-fraction": round(c["labeled-fraction"], 6),
+            }
+            for key in ("accuracy", "balanced-accuracy", "mse"):
+                if key in c.get("evaluation", {}):
+                    row[key] = c["evaluation"][key]
+            for phase, seconds in c.get("seconds", {}).items():
+                row[f"seconds-{phase}"] = round(seconds, 3)
+            for kind, entry in c.get("traffic", {}).items():
+                row[f"bytes-{kind}"] = entry["bytes-sent"] + entry["bytes-received"]
+            row["selected"] = sum(len(v) for v in c.get("selected-ids", {}).values())
+            rows.append(row)
+        fields: list[str] = []
+        for row in rows:
+            fields += [k for k in row if k not in fields]
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        return out.getvalue()

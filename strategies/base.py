@@ -1,0 +1,157 @@
+"""Server-side FAL strategies: the query phase of each active-learning cycle.
+
+A strategy decides what happens between two training cycles. It talks to the
+clients only through a :class:`QueryPhase`, which sends real Flower
+``query.<action>`` messages (the same in simulation and deployment) and
+records bytes and time. The shapes the papers need all fit one method,
+:meth:`FALStrategy.query`:
+
+* Random/Entropy/BADGE/...: one ``select`` round (:meth:`QueryPhase.select`).
+* AHFAL: ``broadcast('label-histogram')`` -> server statistics -> ``select``
+  with those statistics as parameters.
+* FairFAL: a scalar per client -> the server mean (kept in ``phase.state``
+  across cycles) -> ``select``.
+* FALE: several custom rounds (masked matrices, recovery, leverage scores,
+  sampling) then a labeling round, then ``phase.replace_model(...)``.
+
+Strategies are registered by name with :func:`register_strategy`; an unknown
+name fails before any training with the list of valid names.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+from flwr.app import ArrayRecord, RecordDict
+
+from fal_shared.config import RunConfig
+
+__all__ = [
+    "ClientInfo",
+    "FALStrategy",
+    "QueryPhase",
+    "STRATEGIES",
+    "register_strategy",
+    "create_strategy",
+    "SelectRoundStrategy",
+]
+
+
+@dataclass
+class ClientInfo:
+    """What the server knows of a client (from its ``setup`` reply)."""
+
+    partition_id: int
+    node_id: int
+    data_size: int
+    pool_size: int
+    labeled: int
+    num_classes: int
+    label_histogram: list[int] | None = None
+
+
+class QueryPhase(Protocol):
+    """The server's handle on one query phase (implemented in ``server_app``)."""
+
+    cfg: RunConfig
+    cycle: int
+    clients: dict[int, ClientInfo]  # by partition id
+    budgets: dict[int, int]  # labels to buy per partition id this cycle
+    global_arrays: ArrayRecord
+    state: dict[str, Any]  # the strategy's server-side state, kept across cycles
+
+    def broadcast(
+        self, action: str, config: Mapping[str, Any] | None = None, *,
+        include_model: bool = False, records: Mapping[str, Any] | None = None,
+    ) -> dict[int, RecordDict]:
+        """Send the same ``query.<action>`` to every client; replies by partition id."""
+
+    def send(self, action: str, contents: Mapping[int, RecordDict]) -> dict[int, RecordDict]:
+        """Send per-client contents as ``query.<action>``; replies by partition id."""
+
+    def select(
+        self, selector: str, params: Mapping[str, Any] | None = None, *,
+        per_client: Mapping[int, Mapping[str, Any]] | None = None,
+        include_model: bool = True, budgets: Mapping[int, int] | None = None,
+    ) -> dict[int, np.ndarray]:
+        """The labeling round: every client runs ``selector`` and buys its budget."""
+
+    def record(self, key: str, value: Any) -> None:
+        """Add a strategy-specific value (e.g. epsilon spent) to this cycle's results."""
+
+    def replace_model(self, arrays: ArrayRecord) -> None:
+        """Use ``arrays`` as the global model from now on (e.g. FALE's closed-form fit)."""
+
+
+class FALStrategy(ABC):
+    """A server-side FAL strategy. Subclasses set ``name`` and implement :meth:`query`.
+
+    ``tasks`` lists the tasks the method supports; :meth:`validate` runs before
+    any training and must raise ``ValueError`` for a config the method cannot run.
+    """
+
+    name: ClassVar[str] = ""
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    description: ClassVar[str] = ""
+    source: ClassVar[str] = ""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+
+    def validate(self) -> None:
+        if self.cfg.task not in self.tasks:
+            raise ValueError(
+                f"strategy {self.name!r} supports {', '.join(self.tasks)} tasks, but dataset "
+                f"{self.cfg.dataset!r} is a {self.cfg.task} dataset"
+            )
+
+    @abstractmethod
+    def query(self, phase: QueryPhase) -> None:
+        """Run one query phase: message rounds, then a labeling round."""
+
+
+STRATEGIES: dict[str, type[FALStrategy]] = {}
+
+
+def register_strategy(name: str) -> Callable[[type[FALStrategy]], type[FALStrategy]]:
+    def deco(cls: type[FALStrategy]) -> type[FALStrategy]:
+        if name in STRATEGIES:
+            raise ValueError(f"strategy {name!r} is registered twice")
+        cls.name = name
+        STRATEGIES[name] = cls
+        return cls
+
+    return deco
+
+
+def create_strategy(cfg: RunConfig) -> FALStrategy:
+    """The strategy named by ``cfg.strategy``, validated against the config."""
+    if cfg.strategy not in STRATEGIES:
+        raise ValueError(
+            f"strategy: unknown strategy {cfg.strategy!r}; valid strategies: {', '.join(sorted(STRATEGIES))}"
+        )
+    strategy = STRATEGIES[cfg.strategy](cfg)
+    strategy.validate()
+    return strategy
+
+
+class SelectRoundStrategy(FALStrategy):
+    """A strategy that is one selection round of a client-side selector.
+
+    Subclasses set ``selector`` and may override :meth:`params`.
+    """
+
+    selector: ClassVar[str] = ""
+
+    def params(self, phase: QueryPhase) -> dict[str, Any]:
+        return {}
+
+    def uses_model(self) -> bool:
+        return True
+
+    def query(self, phase: QueryPhase) -> None:
+        phase.select(self.selector, self.params(phase), include_model=self.uses_model())
