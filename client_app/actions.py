@@ -114,7 +114,8 @@ def handle_evaluate(session: ClientSession, content: RecordDict) -> RecordDict:
 def setup(session: ClientSession, content: RecordDict) -> RecordDict:
     """Load the partition, buy the initial labels once, describe the client."""
     start = time.perf_counter()
-    session.ensure_initial_labels()
+    if bool(config_of(content).get("initial-labels", True)):
+        session.ensure_initial_labels()
     pool_ids, _ = session.pool()
     config = {
         "partition-id": session.partition_id,
@@ -136,9 +137,7 @@ def model_bank(session: ClientSession, content: RecordDict, x_pool: np.ndarray, 
     if "global-model" in content.array_records:
         loaders["global"] = lambda: session.model_from(content["global-model"])
     loaders["local"] = session.local_model
-    loaders["local-only"] = lambda: session.train_local_only(
-        seed=int(np.random.default_rng(session.query_seed(cycle, 17)).integers(2**31))
-    )
+    loaders["local-only"] = lambda: session.local_only_model(cycle)
     return ModelBank(loaders, session.predict, x_pool, x_labeled)
 
 

@@ -27,6 +27,7 @@ __all__ = ["ClientSession", "INITIAL_TOKEN"]
 
 INITIAL_TOKEN = "initial"
 LOCAL_MODEL_KEY = "local-model"
+LOCAL_ONLY_KEY = "local-only-model"
 
 
 def _safe(name: str) -> str:
@@ -118,6 +119,20 @@ class ClientSession:
                 "but this node has not trained in this run (was it restarted?)"
             )
         return self.model_from(self.context.state[LOCAL_MODEL_KEY])
+
+    def local_only_model(self, cycle: int) -> nn.Module:
+        """The cycle's local-only model, trained once and kept in the node state.
+
+        Methods with a statistics round and a selection round (FairFAL) use it
+        in both; it never leaves the client.
+        """
+        key = f"{LOCAL_ONLY_KEY}-cycle-{cycle}"
+        if key not in self.context.state:
+            for old in [k for k in self.context.state if k.startswith(LOCAL_ONLY_KEY)]:
+                del self.context.state[old]
+            seed = int(np.random.default_rng(self.query_seed(cycle, 17)).integers(2**31))
+            self.context.state[key] = ArrayRecord(self.train_local_only(seed).state_dict())
+        return self.model_from(self.context.state[key])
 
     def train_local_only(self, seed: int) -> nn.Module:
         """A model trained from scratch on the client's labels only (LoGo/FairFAL recipe)."""

@@ -75,6 +75,11 @@ class ExperimentSettings(_Base):
         "Global imbalance applied to the training set before partitioning: n_max/n_min of an exponential "
         "profile; 1 = none.", unit="ratio", source="FairFAL --imb_ratio 0.05 = factor 20",
     )
+    train_subset_size: int = setting(
+        0, "train-subset-size",
+        "Use a seeded random subset of this many training samples (before long-tail and partitioning), "
+        "for CPU-sized schedules; 0 = the whole training set.", unit="samples", ge=0,
+    )
     test_fraction: float = setting(0.2, "test-fraction", "Regression: uniform held-out test fraction.", unit="fraction", source="FALE Sec. 5.1")
     regression_alpha: float = setting(5.0, "regression-alpha", "Regression: Dirichlet concentration over target bins per client.", source="FALE Sec. 5.1")
 

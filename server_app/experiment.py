@@ -201,7 +201,8 @@ class Experiment:
     def discover(self) -> None:
         """Setup round: map partitions to nodes, check them, learn pool sizes."""
         nodes = self._wait_for_nodes()
-        replies = self.messenger.send_to_nodes("query.setup", {n: RecordDict({"config": ConfigRecord({})}) for n in nodes})
+        setup = RecordDict({"config": ConfigRecord({"initial-labels": self.strategy.initial_labels})})
+        replies = self.messenger.send_to_nodes("query.setup", {n: setup for n in nodes})
         errors = [f"node {n}: {r.error.reason}" for n, r in replies.items() if r.has_error()]
         missing = [n for n in nodes if n not in replies]
         if errors or missing:
@@ -209,7 +210,6 @@ class Experiment:
         clients: dict[int, ClientInfo] = {}
         partitions_seen: set[int] = set()
         for node, reply in sorted(replies.items()):
-            meta = self.messenger.compute_seconds  # noqa: F841  (setup time is not a phase)
             r = config_of(reply.content, "result")
             pid, nparts = int(r["partition-id"]), int(r["num-partitions"])
             partitions_seen.add(nparts)

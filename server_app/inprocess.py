@@ -79,3 +79,20 @@ class InProcessGrid(Grid):
                 reply = Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
             replies.append(reply)
         return replies
+
+
+def run_inprocess(overrides: dict[str, Any], *, num_clients: int | None = None) -> dict[str, Any]:
+    """Run a whole experiment in this process (tests and benchmarks).
+
+    ``overrides`` are run-config keys; ``num-clients`` nodes are created with
+    partition ids 0..N-1. Returns the results dict (also written to output-dir).
+    """
+    from client_app.app import app as client_app
+    from fal_shared.config import RunConfig
+    from server_app.app import run_experiment
+
+    run_config = {**RunConfig().to_flower(), **overrides}
+    n = int(num_clients or run_config["num-clients"])
+    run_config["num-clients"] = n
+    grid = InProcessGrid(client_app, run_config, [{"partition-id": i, "num-partitions": n} for i in range(n)])
+    return run_experiment(grid, run_config)

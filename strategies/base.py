@@ -98,6 +98,9 @@ class FALStrategy(ABC):
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     description: ClassVar[str] = ""
     source: ClassVar[str] = ""
+    #: whether clients buy ``initial-labeled-fraction`` random labels before cycle 0
+    #: (FALE selects its whole budget in one pass and needs none)
+    initial_labels: ClassVar[bool] = True
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
