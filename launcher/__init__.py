@@ -1,0 +1,1 @@
+"""Command-line launchers: simulation, local deployment, plots."""

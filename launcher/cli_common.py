@@ -1,0 +1,105 @@
+"""Shared command-line handling: run-config overrides, early validation, result checks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from fal_shared.config import ConfigError, RunConfig, parse_run_config
+
+__all__ = ["add_run_arguments", "resolve_overrides", "check_results", "print_summary"]
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--app", default=".", help="the Flower app folder (default: .)")
+    parser.add_argument("--config", action="append", default=[], metavar="FILE.toml",
+                        help="TOML file of run-config overrides (repeatable; later files win)")
+    parser.add_argument("--run-config", default="", metavar='"key=value ..."',
+                        help="run-config overrides in flwr's syntax; strings in double quotes")
+    parser.add_argument("--timeout", type=float, default=3 * 3600, help="seconds before the run is stopped")
+    parser.add_argument("--verbose", action="store_true", help="echo the whole Flower log, not only [FAL] lines")
+
+
+def _parse_pairs(text: str) -> dict[str, Any]:
+    pairs: dict[str, Any] = {}
+    for token in shlex.split(text, posix=False):
+        if "=" not in token:
+            raise ConfigError(f"--run-config: expected key=value, got {token!r}")
+        key, value = token.split("=", 1)
+        try:
+            pairs[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            pairs[key] = value  # an unquoted string
+    return pairs
+
+
+def resolve_overrides(args: argparse.Namespace, *, num_clients: int | None = None) -> tuple[RunConfig, dict[str, Any]]:
+    """Merge files and --run-config, validate everything before any process starts.
+
+    Fills in ``run-name``, ``output-dir`` and ``state-dir`` so the launcher knows
+    where the results land.
+    """
+    overrides: dict[str, Any] = {}
+    for path in args.config:
+        try:
+            overrides.update(tomllib.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise ConfigError(f"--config: no such file {path}") from None
+    overrides.update(_parse_pairs(args.run_config))
+    if num_clients is not None:
+        overrides.setdefault("num-clients", num_clients)
+    cfg = parse_run_config(overrides)
+    from server_app.app import output_folder, resolve_run_name  # heavy imports after cheap checks
+    from strategies import create_strategy
+
+    create_strategy(cfg)  # unknown strategy / unsupported task fail here
+    from fal_shared.experiment_data import test_data
+
+    test_data(cfg)  # a missing or corrupt data file fails here, before any Flower process starts
+    run_name = resolve_run_name(cfg)
+    out_root = Path(cfg.output_dir).expanduser() if cfg.output_dir else Path.home() / "fal-results"
+    overrides.update({
+        "run-name": run_name,
+        "output-dir": str(out_root.resolve()),
+        "state-dir": str(Path(cfg.state_dir).expanduser()) if cfg.state_dir else str(Path.home() / ".fal-state"),
+    })
+    cfg = parse_run_config(overrides)
+    assert output_folder(cfg, run_name).is_absolute()
+    return cfg, overrides
+
+
+def check_results(folder: Path) -> dict[str, Any]:
+    path = folder / "results.json"
+    if not path.exists():
+        raise RuntimeError(f"the run wrote no results file ({path}); the ServerApp failed before it started")
+    data = json.loads(path.read_text())
+    if data["status"] != "completed":
+        raise RuntimeError(f"the run ended as {data['status']!r}: {data.get('error')}")
+    return data
+
+
+def print_summary(data: dict[str, Any], folder: Path, started: float) -> None:
+    final = data["cycles"][-1]["evaluation"]
+    metric = f"MSE {final['mse']:.4f}" if "mse" in final else f"accuracy {final['accuracy']:.4f}"
+    print(f"[FAL] completed {len(data['cycles'])} cycles in {time.time() - started:.0f} s; final {metric}")
+    print(f"[FAL] results: {folder / 'results.json'} and {folder / 'cycles.csv'}")
+
+
+def keep_log(log: Path, folder: Path) -> None:
+    """Keep the Flower log beside the results (the private Flower home is deleted)."""
+    if log.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(log, folder / "flower.log")
+        print(f"[FAL] Flower log: {folder / 'flower.log'}")
+
+
+def fail(message: str) -> int:
+    print(f"[FAL] FAILED: {message}", file=sys.stderr)
+    return 1

@@ -1,0 +1,232 @@
+"""Start and stop the Flower processes a run needs, and surface failures.
+
+Why this exists: ``flwr run . --stream`` leaves a background SuperLink
+running, reinstalls the app's dependencies by default, and exits 0 even when
+the ServerApp crashed. A :class:`FlowerEnvironment` owns a private
+``FLWR_HOME``, starts its own SuperLink (and SuperNodes for a deployment) on
+free localhost ports with dependency installation off, runs ``flwr run``,
+asks the SuperLink for the run's final status, and stops every process it
+started (by process group) whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO
+
+__all__ = ["FlowerEnvironment", "RunFailed", "free_port"]
+
+
+class RunFailed(RuntimeError):
+    """The Flower run did not finish as ``finished:completed``."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before listening on port {port}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout:.0f} s")
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def run_config_arg(overrides: dict[str, object]) -> str:
+    """``key=value`` pairs as ``flwr run --run-config`` expects (TOML values)."""
+    return " ".join(f"{k}={_toml_value(v)}" for k, v in overrides.items())
+
+
+class FlowerEnvironment:
+    """A private Flower home with a SuperLink (simulation or deployment) and SuperNodes.
+
+    Use as a context manager; every process started is stopped on exit.
+    """
+
+    def __init__(self, app_dir: Path, *, simulation: bool, log_dir: Path | None = None) -> None:
+        self.app_dir = app_dir.resolve()
+        self.simulation = simulation
+        self.home = Path(tempfile.mkdtemp(prefix="fal-flwr-home-"))
+        self.log_dir = log_dir or self.home / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.processes: list[tuple[str, subprocess.Popen, IO]] = []
+        bin_dir = str(Path(sys.executable).parent)
+        self.env = {
+            **os.environ,
+            # flower-superlink starts flower-superexec by name: the venv's bin must be on PATH
+            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+            "FLWR_HOME": str(self.home),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.bin_dir = bin_dir
+        self.control_port: int | None = None
+        self.fleet_port: int | None = None
+
+    # ------------------------------------------------------------ processes
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "w")
+        proc = subprocess.Popen(
+            [os.path.join(self.bin_dir, args[0]), *args[1:]],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=self.home,
+        )
+        self.processes.append((name, proc, log))
+        return proc
+
+    def start_superlink(self) -> None:
+        self.control_port = free_port()
+        # Flower 1.41 serves the Control, Fleet and ServerAppIo APIs on one HTTP port.
+        args = [
+            "flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
+            "--database", str(self.home / "state.db"), "--host", "127.0.0.1", "--port", str(self.control_port),
+        ]
+        if self.simulation:
+            args.append("--simulation")
+        else:
+            self.fleet_port = self.control_port
+        proc = self._start("superlink", args)
+        _wait_port(self.control_port, proc, "flower-superlink")
+        (self.home / "config.toml").write_text(
+            '[superlink]\ndefault = "local"\n[superlink.local]\n'
+            f'address = "127.0.0.1:{self.control_port}"\ninsecure = true\n'
+        )
+
+    def start_supernode(self, partition_id: int, num_partitions: int, state_dir: Path | None = None) -> subprocess.Popen:
+        if self.fleet_port is None:
+            raise RuntimeError("start a deployment SuperLink before SuperNodes")
+        node_config = f"partition-id={partition_id} num-partitions={num_partitions}"
+        if state_dir is not None:
+            node_config += f' state-dir="{state_dir}"'
+        return self._start(
+            f"supernode-{partition_id}",
+            [
+                "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{self.fleet_port}",
+                "--host", "127.0.0.1", "--port", str(free_port()),
+                "--node-config", node_config,
+            ],
+        )
+
+    def stop_process(self, name: str) -> None:
+        for entry in list(self.processes):
+            if entry[0] == name:
+                self._kill(entry)
+                self.processes.remove(entry)
+
+    @staticmethod
+    def _kill(entry: tuple[str, subprocess.Popen, IO]) -> None:
+        _, proc, log = entry
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=10)
+        log.close()
+
+    def close(self) -> None:
+        for entry in reversed(self.processes):
+            self._kill(entry)
+        self.processes.clear()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def __enter__(self) -> "FlowerEnvironment":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ runs
+    def flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [os.path.join(self.bin_dir, "flwr"), *args], env=self.env, capture_output=True, text=True,
+            timeout=timeout, cwd=self.app_dir,
+        )
+
+    def run(
+        self, run_config: dict[str, object], *, federation_config: str | None = None,
+        timeout: float = 3600, verbose: bool = True,
+    ) -> str:
+        """``flwr run --stream``; returns the run id, raises :class:`RunFailed` unless it completed.
+
+        The whole log goes to ``log_dir/flwr-run.log``; the terminal gets every
+        line (``verbose``) or only the experiment's ``[FAL]`` lines and errors.
+        """
+        args = [os.path.join(self.bin_dir, "flwr"), "run", str(self.app_dir), "local", "--stream"]
+        if run_config:
+            args += ["--run-config", run_config_arg(run_config)]
+        if federation_config:
+            args += ["--federation-config", federation_config]
+        out_path = self.log_dir / "flwr-run.log"
+        with open(out_path, "w") as out:
+            proc = subprocess.Popen(args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=self.app_dir)
+            run_id = None
+            deadline = time.monotonic() + timeout
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                out.write(line)
+                if verbose or "[FAL]" in line or "ERROR" in line or "Error" in line:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+                match = re.search(r"Successfully started run (\d+)", line)
+                if match:
+                    run_id = match.group(1)
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    raise RunFailed(f"flwr run exceeded {timeout:.0f} s")
+            proc.wait()
+        if run_id is None:
+            tail = "".join(out_path.read_text().splitlines(keepends=True)[-15:])
+            raise RunFailed(f"flwr run did not start a run (exit code {proc.returncode}):\n{tail}")
+        status = self.run_status(run_id)
+        if status != "finished:completed":
+            raise RunFailed(f"Flower run {run_id} ended as {status!r}")
+        return run_id
+
+    def run_status(self, run_id: str) -> str:
+        deadline = time.monotonic() + 60
+        while True:
+            result = self.flwr("ls", "local", "--run-id", run_id, "--format", "json")
+            try:
+                runs = json.loads(result.stdout)["runs"]
+                status = str(runs[0]["status"])
+            except (ValueError, KeyError, IndexError):
+                status = f"unknown ({result.stdout.strip()[:200]} {result.stderr.strip()[:200]})"
+            if status.startswith("finished") or time.monotonic() > deadline:
+                return status
+            time.sleep(1.0)
+
+    def run_details(self, run_id: str) -> dict:
+        result = self.flwr("ls", "local", "--run-id", run_id, "--format", "json")
+        return json.loads(result.stdout)["runs"][0]
