@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         cfg, overrides = resolve_overrides(args, num_clients=args.num_supernodes)
-    except (ConfigError, ValueError) as err:
+    except (ConfigError, ValueError, OSError) as err:  # bad config, data missing or corrupt
         return fail(str(err))
     n = args.num_supernodes or cfg.num_clients
     folder = Path(overrides["output-dir"]) / overrides["run-name"]

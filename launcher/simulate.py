@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         cfg, overrides = resolve_overrides(args)
-    except (ConfigError, ValueError) as err:
+    except (ConfigError, ValueError, OSError) as err:  # bad config, data missing or corrupt
         return fail(str(err))
     folder = Path(overrides["output-dir"]) / overrides["run-name"]
     cpus = int(args.cpus_per_client) if float(args.cpus_per_client).is_integer() else args.cpus_per_client
