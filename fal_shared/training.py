@@ -225,7 +225,7 @@ def evaluate(
         err = pred.outputs - y
         return {"mse": float(np.mean(err**2)) if len(y) else float("nan"), "num-examples": len(y)}
     logits = torch.as_tensor(pred.logits)
-    loss = float(nn.functional.cross_entropy(logits, torch.as_tensor(y).long())) if len(y) else float("nan")
+    loss = float(nn.functional.cross_entropy(logits, torch.as_tensor(np.asarray(y, dtype=np.int64).copy()))) if len(y) else float("nan")
     predicted = pred.outputs.argmax(1)
     correct = predicted == y
     per_class = []

@@ -171,7 +171,10 @@ class Experiment:
         self.recorder = recorder
         self.strategy = create_strategy(cfg)  # unknown names fail here, before anything runs
         self.strategy_state: dict[str, Any] = {}
-        self.messenger = Messenger(self.grid, run_name=run_name, timeout=cfg.reply_timeout_seconds, retries=cfg.query_retries)
+        self.messenger = Messenger(
+            self.grid, run_name=run_name, timeout=cfg.reply_timeout_seconds, retries=cfg.query_retries,
+            before_retry=self.refresh_nodes,
+        )
         self.clients: dict[int, ClientInfo] = {}
         self.device = pick_device(cfg.device)
         self.test = test_data(cfg) if cfg.evaluation == "central" else None
@@ -198,31 +201,36 @@ class Experiment:
             )
         return nodes
 
-    def discover(self) -> None:
-        """Setup round: map partitions to nodes, check them, learn pool sizes."""
-        nodes = self._wait_for_nodes()
+    def _setup(self, nodes: list[int]) -> dict[int, tuple[ClientInfo, int]]:
+        """Send ``query.setup`` to ``nodes``; (info, num-partitions) by partition id."""
         setup = RecordDict({"config": ConfigRecord({"initial-labels": self.strategy.initial_labels})})
         replies = self.messenger.send_to_nodes("query.setup", {n: setup for n in nodes})
         errors = [f"node {n}: {r.error.reason}" for n, r in replies.items() if r.has_error()]
         missing = [n for n in nodes if n not in replies]
         if errors or missing:
             raise ClientFailure("setup failed: " + "; ".join(errors + [f"node {n}: no reply" for n in missing]))
-        clients: dict[int, ClientInfo] = {}
-        partitions_seen: set[int] = set()
+        found: dict[int, tuple[ClientInfo, int]] = {}
         for node, reply in sorted(replies.items()):
             r = config_of(reply.content, "result")
-            pid, nparts = int(r["partition-id"]), int(r["num-partitions"])
-            partitions_seen.add(nparts)
-            if pid in clients:
+            pid = int(r["partition-id"])
+            if pid in found:
                 raise ValueError(
-                    f"partition-id {pid} is served by two nodes ({clients[pid].node_id} and {node}); "
+                    f"partition-id {pid} is served by two nodes ({found[pid][0].node_id} and {node}); "
                     "give every SuperNode its own partition-id"
                 )
-            clients[pid] = ClientInfo(
+            info = ClientInfo(
                 partition_id=pid, node_id=node, data_size=int(r["data-size"]), pool_size=int(r["pool-size"]),
                 labeled=int(r["labeled"]), num_classes=int(r["num-classes"]),
                 label_histogram=[int(v) for v in r["label-histogram"]] if "label-histogram" in r else None,
             )
+            found[pid] = (info, int(r["num-partitions"]))
+        return found
+
+    def discover(self) -> None:
+        """Setup round: map partitions to nodes, check them, learn pool sizes."""
+        nodes = self._wait_for_nodes()
+        found = self._setup(nodes)
+        partitions_seen = {nparts for _, nparts in found.values()}
         if len(partitions_seen) != 1:
             raise ValueError(f"nodes disagree on num-partitions: {sorted(partitions_seen)}")
         nparts = partitions_seen.pop()
@@ -230,9 +238,33 @@ class Experiment:
             raise ValueError(
                 f"num-partitions={nparts} is fewer than the {len(nodes)} connected nodes; every node needs its own partition"
             )
-        self.clients = dict(sorted(clients.items()))
+        self.clients = {pid: info for pid, (info, _) in sorted(found.items())}
         self.messenger.nodes = {p: c.node_id for p, c in self.clients.items()}
         self.num_partitions = nparts
+
+    def refresh_nodes(self) -> None:
+        """Re-map partitions when SuperNodes restarted (a restarted node has a new node id).
+
+        The new node answers ``query.setup`` from its ledger on disk: its labels
+        are reloaded, not bought again.
+        """
+        known = set(self.messenger.nodes.values())
+        current = set(self.grid.get_node_ids())
+        if current == known:
+            return
+        deadline = time.monotonic() + self.cfg.node_wait_seconds
+        while len(current) < len(self.clients) and time.monotonic() < deadline:
+            time.sleep(1.0)
+            current = set(self.grid.get_node_ids())
+        new_nodes = sorted(current - known)
+        if not new_nodes:
+            return
+        for pid, (info, _) in self._setup(new_nodes).items():
+            if pid not in self.clients:
+                raise ValueError(f"a node with an unknown partition-id {pid} joined the running experiment")
+            log.info("partition %d moved from node %d to node %d", pid, self.clients[pid].node_id, info.node_id)
+            self.clients[pid] = info
+            self.messenger.nodes[pid] = info.node_id
 
     def check_budgets(self) -> None:
         """Impossible budgets fail here, before any training."""
@@ -302,6 +334,7 @@ class Experiment:
         for cycle in range(cfg.num_cycles + 1):
             before = self.meter.snapshot()
             seconds: dict[str, float] = {}
+            self.refresh_nodes()
             if cycle > 0 and cfg.model_init == "reinit":
                 arrays = self.fresh_model(cycle)
             t0 = time.perf_counter()

@@ -34,6 +34,7 @@ class InProcessGrid(Grid):
         }
         self.down: set[int] = set()  # node ids that do not answer (tests of failures)
         self.fail_next: dict[int, str] = {}  # node id -> error reason for its next message
+        self.drop_reply_next: set[int] = set()  # node ids whose next reply is lost after the client handled it
         self.log: list[tuple[str, int]] = []
 
     def restart_node(self, node_id: int) -> int:
@@ -77,6 +78,9 @@ class InProcessGrid(Grid):
                 reply = self.client_app(msg, self.contexts[node])
             except Exception as err:  # as Flower's runtimes do: an error reply
                 reply = Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
+            if node in self.drop_reply_next:  # the client did the work, the reply never arrives
+                self.drop_reply_next.discard(node)
+                continue
             replies.append(reply)
         return replies
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -110,11 +110,15 @@ class MeteredGrid(Grid):
 class Messenger:
     """Sends per-partition contents and returns per-partition replies."""
 
-    def __init__(self, grid: Grid, *, run_name: str, timeout: float, retries: int) -> None:
+    def __init__(
+        self, grid: Grid, *, run_name: str, timeout: float, retries: int,
+        before_retry: Callable[[], None] | None = None,
+    ) -> None:
         self.grid = grid
         self.run_name = run_name
         self.timeout = timeout
         self.retries = retries
+        self.before_retry = before_retry
         self.nodes: dict[int, int] = {}  # partition id -> node id
         self.compute_seconds: dict[str, list[float]] = defaultdict(list)
 
@@ -165,4 +169,6 @@ class Messenger:
                 detail = "; ".join(f"partition {p} (node {self.nodes[p]}): {r}" for p, r in sorted(failures.items()))
                 raise ClientFailure(f"{message_type} failed after {attempt} attempt(s): {detail}")
             time.sleep(min(5.0, 0.5 * attempt))
+            if self.before_retry is not None:
+                self.before_retry()  # a restarted node may serve the partition under a new id
         return dict(sorted(results.items()))

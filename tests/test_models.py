@@ -1,0 +1,62 @@
+"""Models return (logits, penultimate features) with the documented shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fal_shared.models import MODEL_NAMES, build_model
+
+
+@pytest.mark.parametrize(
+    "name, shape, feature_dim",
+    [
+        ("resnet8", (3, 32, 32), 64),
+        ("resnet8", (1, 28, 28), 64),
+        ("cnn4conv", (1, 28, 28), 64),  # 28 -> 1x1 after 4 pools: 64 features (spec)
+        ("cnn4conv", (3, 32, 32), 256),  # 32 -> 2x2: 256 features (spec)
+        ("mobilenetv2", (3, 32, 32), 1280),
+        ("small-cnn", (1, 8, 8), 128),
+        ("mlp", (1, 8, 8), 256),
+    ],
+)
+def test_image_models_return_logits_and_features(name, shape, feature_dim):
+    model = build_model(name, input_shape=shape, num_outputs=10, seed=0).eval()
+    logits, features = model(torch.zeros(2, *shape))
+    assert logits.shape == (2, 10)
+    assert features.shape == (2, feature_dim)
+
+
+def test_resnet8_is_the_16_32_64_backbone():
+    model = build_model("resnet8", input_shape=(3, 32, 32), num_outputs=10)
+    convs = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert convs == [16, 16, 16, 32, 32, 64, 64]  # stem + one BasicBlock (2 convs) per stage
+
+
+def test_linear_model_features_are_its_inputs():
+    model = build_model("linear", input_shape=(5,), num_outputs=1, seed=0)
+    x = torch.randn(4, 5)
+    out, feats = model(x)
+    assert out.shape == (4, 1) and torch.equal(feats, x)
+
+
+def test_seeded_init_is_deterministic_and_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a = build_model("cnn4conv", input_shape=(1, 28, 28), num_outputs=10, seed=7)
+    assert torch.equal(torch.rand(1), expected_next)
+    b = build_model("cnn4conv", input_shape=(1, 28, 28), num_outputs=10, seed=7)
+    c = build_model("cnn4conv", input_shape=(1, 28, 28), num_outputs=10, seed=8)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_unknown_model_and_wrong_shape_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown model 'vgg'; valid models: " + ", ".join(MODEL_NAMES)):
+        build_model("vgg", input_shape=(1, 8, 8), num_outputs=2)
+    with pytest.raises(ValueError, match="needs image inputs"):
+        build_model("resnet8", input_shape=(8,), num_outputs=2)
+    with pytest.raises(ValueError, match="at least 16 pixels"):
+        build_model("cnn4conv", input_shape=(1, 8, 8), num_outputs=2)
