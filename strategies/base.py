@@ -63,6 +63,9 @@ class QueryPhase(Protocol):
     budgets: dict[int, int]  # labels to buy per partition id this cycle
     global_arrays: ArrayRecord
     state: dict[str, Any]  # the strategy's server-side state, kept across cycles
+    #: this cycle's strategy results so far: record()'s values, and the selectors'
+    #: per-client diagnostics that select() adds under "client-diagnostics"
+    recorded: dict[str, Any]
 
     def broadcast(
         self, action: str, config: Mapping[str, Any] | None = None, *,
