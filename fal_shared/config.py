@@ -310,6 +310,22 @@ def settings_table() -> str:
 
 
 _TABLE_START, _TABLE_END = "<!-- run-config-table:start -->", "<!-- run-config-table:end -->"
+_STRATEGIES_START, _STRATEGIES_END = "<!-- strategies-table:start -->", "<!-- strategies-table:end -->"
+
+
+def strategies_table() -> str:
+    """A markdown table of the registered strategies (imports the strategies package)."""
+    from strategies import STRATEGIES
+
+    rows = ["| strategy | tasks | what it does | source |", "|---|---|---|---|"]
+    for name, cls in sorted(STRATEGIES.items()):
+        rows.append(f"| `{name}` | {', '.join(cls.tasks)} | {cls.description} | {cls.source} |")
+    return "\n".join(rows)
+
+
+def _replace_between(text: str, start_marker: str, end_marker: str, body: str) -> str:
+    start, end = text.index(start_marker) + len(start_marker), text.index(end_marker)
+    return text[:start] + "\n" + body + "\n" + text[end:]
 _PYPROJECT_HEADER = "[tool.flwr.app.config]\n"
 
 
@@ -320,9 +336,10 @@ def write_generated(root: Path) -> None:
     head = text[: text.index(_PYPROJECT_HEADER) + len(_PYPROJECT_HEADER)]
     pyproject.write_text(head + pyproject_table() + "\n")
     readme = root / "README.md"
-    text = readme.read_text()
-    start, end = text.index(_TABLE_START) + len(_TABLE_START), text.index(_TABLE_END)
-    readme.write_text(text[:start] + "\n" + settings_table() + "\n" + text[end:])
+    text = _replace_between(readme.read_text(), _TABLE_START, _TABLE_END, settings_table())
+    if _STRATEGIES_START in text:
+        text = _replace_between(text, _STRATEGIES_START, _STRATEGIES_END, strategies_table())
+    readme.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> None:
