@@ -147,6 +147,11 @@ def test_bad_setups_fail_before_any_training(small_run):
         run_experiment(grid, run_config)
     assert not [t for t, _ in grid.log if t == "train"]
 
+    grid, run_config = _grid({**small_run}, n=3, num_partitions=2)  # fewer partitions than nodes
+    with pytest.raises(Exception, match=r"partition-id=2 is outside 0..1 \(num-partitions=2\)"):
+        run_experiment(grid, run_config)
+    assert not [t for t, _ in grid.log if t == "train"]
+
     grid, run_config = _grid({**small_run, "budget-mode": "count", "budget-count": 500}, n=2)
     with pytest.raises(ValueError, match="budget-count: 500 labels x 2 cycles = 1000 exceeds the largest client pool"):
         run_experiment(grid, run_config)
