@@ -21,6 +21,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client_app.session import ClientSession
+from fal_shared.registry import Registry
 from fal_shared.training import TrainSettings, evaluate, train_model
 from fal_shared.wire import config_of, int_list
 from query import PoolContext, get_selector, run_selection
@@ -29,22 +30,14 @@ from query.models import ModelBank
 __all__ = ["QUERY_ACTIONS", "query_action", "handle_train", "handle_evaluate"]
 
 Handler = Callable[[ClientSession, RecordDict], RecordDict]
-QUERY_ACTIONS: dict[str, Handler] = {}
+QUERY_ACTIONS: Registry[Handler] = Registry("query action")
 
 
 def query_action(name: str) -> Callable[[Handler], Handler]:
     """Register ``fn`` as the handler of ``query.<name>`` messages."""
-
     if not name.isidentifier():
         raise ValueError(f"query action {name!r} must be a Python identifier (Flower routes query.<action>)")
-
-    def deco(fn: Handler) -> Handler:
-        if name in QUERY_ACTIONS:
-            raise ValueError(f"query action {name!r} is registered twice")
-        QUERY_ACTIONS[name] = fn
-        return fn
-
-    return deco
+    return QUERY_ACTIONS.register(name, set_name=False)
 
 
 def _reply(config: dict, metrics: dict | None = None, **records) -> RecordDict:

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from fal_shared.registry import Registry
+
 __all__ = [
     "PoolContext",
     "Selector",
@@ -83,26 +85,16 @@ class Selector(ABC):
         """Return ``ctx.budget`` unique positions into ``ctx.pool_ids``."""
 
 
-SELECTORS: dict[str, Callable[[], Selector]] = {}
+SELECTORS: Registry[type[Selector]] = Registry("selector")
 
 
 def register_selector(name: str) -> Callable[[type[Selector]], type[Selector]]:
     """Class decorator adding a selector to :data:`SELECTORS` under ``name``."""
-
-    def deco(cls: type[Selector]) -> type[Selector]:
-        if name in SELECTORS:
-            raise ValueError(f"selector {name!r} is registered twice")
-        cls.name = name
-        SELECTORS[name] = cls
-        return cls
-
-    return deco
+    return SELECTORS.register(name)
 
 
 def get_selector(name: str) -> Selector:
-    if name not in SELECTORS:
-        raise ValueError(f"unknown selector {name!r}; valid: {', '.join(sorted(SELECTORS))}")
-    return SELECTORS[name]()
+    return SELECTORS.lookup(name)()
 
 
 @dataclass

@@ -29,6 +29,7 @@ import numpy as np
 from flwr.app import ArrayRecord, RecordDict
 
 from fal_shared.config import RunConfig
+from fal_shared.registry import Registry
 
 __all__ = [
     "ClientInfo",
@@ -120,27 +121,17 @@ class FALStrategy(ABC):
         """Run one query phase: message rounds, then a labeling round."""
 
 
-STRATEGIES: dict[str, type[FALStrategy]] = {}
+STRATEGIES: Registry[type[FALStrategy]] = Registry("strategy", "strategies")
 
 
 def register_strategy(name: str) -> Callable[[type[FALStrategy]], type[FALStrategy]]:
-    def deco(cls: type[FALStrategy]) -> type[FALStrategy]:
-        if name in STRATEGIES:
-            raise ValueError(f"strategy {name!r} is registered twice")
-        cls.name = name
-        STRATEGIES[name] = cls
-        return cls
-
-    return deco
+    """Class decorator adding a strategy to :data:`STRATEGIES` under ``name``."""
+    return STRATEGIES.register(name)
 
 
 def create_strategy(cfg: RunConfig) -> FALStrategy:
     """The strategy named by ``cfg.strategy``, validated against the config."""
-    if cfg.strategy not in STRATEGIES:
-        raise ValueError(
-            f"strategy: unknown strategy {cfg.strategy!r}; valid strategies: {', '.join(sorted(STRATEGIES))}"
-        )
-    strategy = STRATEGIES[cfg.strategy](cfg)
+    strategy = STRATEGIES.lookup(cfg.strategy)(cfg)
     strategy.validate()
     return strategy
 
