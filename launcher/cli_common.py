@@ -9,10 +9,12 @@ import shutil
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fal_shared.config import ConfigError, RunConfig, parse_run_config
+from launcher.flower_processes import FlowerEnvironment, RunFailed
 
 __all__ = ["add_run_arguments", "resolve_overrides", "check_results", "print_summary"]
 
@@ -54,7 +56,7 @@ def resolve_overrides(args: argparse.Namespace, *, num_clients: int | None = Non
             raise ConfigError(f"--config: no such file {path}") from None
     overrides.update(_parse_pairs(args.run_config))
     if num_clients is not None:
-        overrides.setdefault("num-clients", num_clients)
+        overrides["num-clients"] = num_clients  # the processes started decide how many clients there are
     cfg = parse_run_config(overrides)
     from server_app.app import output_folder, resolve_run_name  # heavy imports after cheap checks
     from strategies import create_strategy
@@ -103,3 +105,37 @@ def keep_log(log: Path, folder: Path) -> None:
 def fail(message: str) -> int:
     print(f"[FAL] FAILED: {message}", file=sys.stderr)
     return 1
+
+
+def launch(
+    args: argparse.Namespace,
+    *,
+    simulation: bool,
+    num_clients: int | None = None,
+    federation_config: Callable[[RunConfig], str | None] = lambda cfg: None,
+    start_nodes: Callable[[FlowerEnvironment, RunConfig, dict[str, Any]], None] = lambda env, cfg, o: None,
+    label: str = "",
+) -> int:
+    """Validate, start the Flower processes, run, check, stop everything; the exit code."""
+    started = time.time()
+    try:
+        cfg, overrides = resolve_overrides(args, num_clients=num_clients)
+    except (ConfigError, ValueError, OSError) as err:  # bad config, data missing or corrupt
+        return fail(str(err))
+    folder = Path(overrides["output-dir"]) / overrides["run-name"]
+    with FlowerEnvironment(Path(args.app), simulation=simulation) as env:
+        try:
+            env.start_superlink()
+            start_nodes(env, cfg, overrides)
+            run_id = env.run(overrides, federation_config=federation_config(cfg), timeout=args.timeout, verbose=args.verbose)
+        except (RunFailed, RuntimeError) as err:
+            return fail(str(err))
+        finally:
+            keep_log(env.log_dir / "flwr-run.log", folder)
+    try:
+        data = check_results(folder)
+    except RuntimeError as err:
+        return fail(str(err))
+    print(f"[FAL] Flower run {run_id}" + (f" ({label.format(n=cfg.num_clients)})" if label else ""))
+    print_summary(data, folder, started)
+    return 0
