@@ -80,6 +80,11 @@ class ExperimentSettings(_Base):
         "Use a seeded random subset of this many training samples (before long-tail and partitioning), "
         "for CPU-sized schedules; 0 = the whole training set.", unit="samples", ge=0,
     )
+    test_subset_size: int = setting(
+        0, "test-subset-size",
+        "Classification: evaluate on a seeded random subset of this many test samples (CPU-sized runs); 0 = the whole test set.",
+        unit="samples", ge=0,
+    )
     test_fraction: float = setting(0.2, "test-fraction", "Regression: uniform held-out test fraction.", unit="fraction", source="FALE Sec. 5.1")
     regression_alpha: float = setting(5.0, "regression-alpha", "Regression: Dirichlet concentration over target bins per client.", source="FALE Sec. 5.1")
 
