@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--num-clients", type=int, default=10)
     parser.add_argument("--train-subset-size", type=int, default=6000)
+    parser.add_argument("--test-subset-size", type=int, default=0, help="evaluate on a seeded subset of the test set; 0 = all")
     parser.add_argument("--num-cycles", type=int, default=3)
     parser.add_argument("--rounds-per-cycle", type=int, default=10)
     parser.add_argument("--local-epochs", type=int, default=2)
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         "partition": args.partition,
         "alpha": args.alpha,
         "train-subset-size": args.train_subset_size,
+        "test-subset-size": args.test_subset_size,
         "num-cycles": args.num_cycles,
         "rounds-per-cycle": args.rounds_per_cycle,
         "local-epochs": args.local_epochs,
