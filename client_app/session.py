@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from flwr.app import ArrayRecord, Context
 from torch import nn
 
@@ -49,6 +50,9 @@ class ClientSession:
                 '--node-config "partition-id=<i> num-partitions=<N>"'
             ) from None
         torch.set_num_threads(self.cfg.client_threads)
+        # numpy/scipy/sklearn BLAS pools too: unlimited, they oversubscribe the
+        # cores that simulated clients share (LoGo's KMeans ran 7x slower).
+        threadpool_limits(self.cfg.client_threads)
         self.run_name = run_name
         self.data: ClientData = client_data(self.cfg, self.partition_id, self.num_partitions)
         state_dir = str(context.node_config.get("state-dir", "")) or self.cfg.state_dir or str(Path.home() / ".fal-state")
