@@ -56,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=_csv(int), default=[0, 1, 2])
     p.add_argument("--data-root", default="/work/shared/datasets/fashion-mnist")
     p.add_argument("--train-subset-size", type=int, default=10000, help="0 = the whole training set (paper)")
+    p.add_argument("--test-subset-size", type=int, default=0, help="seeded test subset for evaluation (0 = all 10000)")
     p.add_argument("--long-tail-factor", type=float, default=20.0)
     p.add_argument("--num-clients", type=int, default=10)
     p.add_argument("--num-cycles", type=int, default=8, help="queries (8: 5%% -> 45%% labeled)")
@@ -79,7 +80,7 @@ def overrides_for(args: argparse.Namespace, strategy: str, alpha: float, seed: i
     return {
         "strategy": strategy, "dataset": "fashion-mnist", "data-root": args.data_root, "model": "cnn4conv",
         "seed": seed, "long-tail-factor": args.long_tail_factor, "train-subset-size": args.train_subset_size,
-        "partition": "dirichlet-balanced", "alpha": alpha, "initial-labeled-fraction": args.initial_fraction,
+        "test-subset-size": args.test_subset_size, "partition": "dirichlet-balanced", "alpha": alpha, "initial-labeled-fraction": args.initial_fraction,
         "budget-fraction": args.budget_fraction, "num-cycles": args.num_cycles, "model-init": "reinit",
         "rounds-per-cycle": args.rounds, "local-epochs": args.local_epochs, "batch-size": args.batch_size,
         "lr": args.lr, "local-only-epochs": args.local_only_epochs, "query-model": "global",
