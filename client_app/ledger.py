@@ -14,12 +14,12 @@ buying again, so a retried or re-sent query never buys a label twice.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from fal_shared.files import atomic_write_text
 
 __all__ = ["LabelLedger", "LedgerEntry", "LedgerError"]
 
@@ -126,7 +126,6 @@ class LabelLedger:
 
     # -------------------------------------------------------------- internals
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "version": _VERSION,
             "task": self.task,
@@ -135,16 +134,7 @@ class LabelLedger:
                 [e.sample_id, e.label, e.cycle, e.strategy, e.query_token] for e in self._entries
             ],
         }
-        fd, tmp = tempfile.mkstemp(prefix=".ledger-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(self.path, json.dumps(payload))
 
     def _load(self) -> None:
         try:

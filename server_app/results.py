@@ -9,20 +9,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from fal_shared.files import atomic_write_text
+
 __all__ = ["ResultsRecorder"]
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 class ResultsRecorder:
@@ -71,8 +64,8 @@ class ResultsRecorder:
         self.flush()
 
     def flush(self) -> None:
-        _atomic_write(self.json_path, json.dumps(self.data, indent=1))
-        _atomic_write(self.csv_path, self._csv())
+        atomic_write_text(self.json_path, json.dumps(self.data, indent=1), durable=False)
+        atomic_write_text(self.csv_path, self._csv(), durable=False)
 
     def _csv(self) -> str:
         rows = []

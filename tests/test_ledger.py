@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -40,10 +38,10 @@ def test_failed_write_keeps_memory_and_disk_consistent(tmp_path, monkeypatch):
     ledger = LabelLedger(tmp_path / "l.json")
     ledger.record(np.array([1]), np.array([0]), cycle=0, strategy="s", query_token="t0")
 
-    def broken_dump(*args, **kwargs):
+    def broken_write(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(json, "dump", broken_dump)
+    monkeypatch.setattr("client_app.ledger.atomic_write_text", broken_write)
     with pytest.raises(OSError, match="disk full"):
         ledger.record(np.array([2]), np.array([1]), cycle=1, strategy="s", query_token="t1")
     monkeypatch.undo()

@@ -22,16 +22,14 @@ the node's memory (``context.state``).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client_app.actions import query_action
 from client_app.session import ClientSession
+from fal_shared.files import atomic_write_text
 from fal_shared.wire import config_of
 from query.ahfal import client_statistics
 
@@ -102,17 +100,7 @@ class PrivacyLedger:
     def record(self, cycle: int, histogram: np.ndarray, epsilon: float) -> None:
         self.data["releases"][str(cycle)] = {"histogram": [int(v) for v in histogram], "epsilon": float(epsilon)}
         self.data["spent"] = self.spent + float(epsilon)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".ahfal-dp-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.data, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(self.path, json.dumps(self.data))
 
 
 def _released_histogram(session: ClientSession, cycle: int) -> tuple[np.ndarray, float, float]:
