@@ -76,9 +76,23 @@ def handle_train(session: ClientSession, content: RecordDict) -> RecordDict:
 
 
 def handle_evaluate(session: ClientSession, content: RecordDict) -> RecordDict:
-    """Evaluate the received model on the client's share of the test set."""
+    """Evaluate the received model on the client's share of the test set.
+
+    With ``model-state-key`` in the config, evaluate instead the model this node
+    keeps in its ``context.state`` under that key (a model the server never
+    holds in the clear, e.g. FALE's unmasked linear model).
+    """
     start = time.perf_counter()
-    model = session.model_from(content["arrays"])
+    key = str(config_of(content).get("model-state-key", ""))
+    if key:
+        if key not in session.context.state.array_records:
+            raise RuntimeError(
+                f"evaluation asks for the model kept in the node state under {key!r}, but this node holds "
+                "none (was the SuperNode restarted after the model was fitted?)"
+            )
+        model = session.model_from(session.context.state.array_records[key])
+    else:
+        model = session.model_from(content["arrays"])
     data = session.data
     result = evaluate(
         model, data.x_test, data.y_test, num_classes=data.num_classes,
@@ -89,16 +103,10 @@ def handle_evaluate(session: ClientSession, content: RecordDict) -> RecordDict:
     if data.task == "regression":
         metrics["mse"] = float(result["mse"])
     else:
-        y = data.y_test
-        pred_correct = [0] * data.num_classes
-        acc = result["per-class-accuracy"]
-        counts = np.bincount(y, minlength=data.num_classes)
-        for c in range(data.num_classes):
-            pred_correct[c] = int(round(acc[c] * counts[c])) if counts[c] else 0
         metrics["accuracy"] = float(result["accuracy"])
         metrics["loss"] = float(result["loss"])
-        metrics["correct-per-class"] = pred_correct
-        metrics["count-per-class"] = [int(v) for v in counts]
+        metrics["correct-per-class"] = result["correct-per-class"]
+        metrics["count-per-class"] = result["count-per-class"]
     return RecordDict({"metrics": MetricRecord(metrics)})
 
 

@@ -21,8 +21,6 @@ __all__ = [
     "train_model",
     "predict",
     "evaluate",
-    "state_to_numpy",
-    "numpy_to_state",
 ]
 
 
@@ -226,31 +224,16 @@ def evaluate(
         return {"mse": float(np.mean(err**2)) if len(y) else float("nan"), "num-examples": len(y)}
     logits = torch.as_tensor(pred.logits)
     loss = float(nn.functional.cross_entropy(logits, torch.as_tensor(np.asarray(y, dtype=np.int64).copy()))) if len(y) else float("nan")
-    predicted = pred.outputs.argmax(1)
+    predicted = pred.outputs.argmax(1) if len(y) else np.zeros(0, dtype=np.int64)
     correct = predicted == y
-    per_class = []
-    for c in range(num_classes):
-        mask = y == c
-        per_class.append(float(correct[mask].mean()) if mask.any() else float("nan"))
+    correct_per_class = np.bincount(y[correct], minlength=num_classes)[:num_classes]
+    count_per_class = np.bincount(y, minlength=num_classes)[:num_classes]
+    per_class = [float(c / k) if k else float("nan") for c, k in zip(correct_per_class, count_per_class)]
     return {
         "accuracy": float(correct.mean()) if len(y) else float("nan"),
         "loss": loss,
         "per-class-accuracy": per_class,
+        "correct-per-class": [int(v) for v in correct_per_class],
+        "count-per-class": [int(v) for v in count_per_class],
         "num-examples": len(y),
     }
-
-
-def state_to_numpy(model: nn.Module) -> list[np.ndarray]:
-    """The model's state_dict as a list of numpy arrays (Flower's ArrayRecord order)."""
-    return [v.detach().cpu().numpy() for v in model.state_dict().values()]
-
-
-def numpy_to_state(model: nn.Module, arrays: list[np.ndarray]) -> None:
-    """Load a list of numpy arrays (state_dict order) into ``model``."""
-    keys = list(model.state_dict().keys())
-    if len(keys) != len(arrays):
-        raise ValueError(
-            f"model has {len(keys)} tensors but {len(arrays)} arrays were received; "
-            "server and client disagree on the model"
-        )
-    model.load_state_dict({k: torch.as_tensor(a) for k, a in zip(keys, arrays)})
