@@ -308,9 +308,8 @@ def settings_table() -> str:
     rows = ["| key | default | unit | source | meaning |", "|---|---|---|---|---|"]
     for _, info, extra in _fields():
         default = _toml_value(info.default)
-        rows.append(
-            f"| `{info.alias}` | `{default}` | {extra.get('unit', '')} | {extra.get('source', '')} | {info.description} |"
-        )
+        cells = [f"`{info.alias}`", f"`{default}`", extra.get("unit", ""), extra.get("source", ""), info.description or ""]
+        rows.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows)
 
 
