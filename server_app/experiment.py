@@ -4,9 +4,12 @@
 
     setup round (query.setup): clients load their partitions, buy initial labels
     for cycle in 0..num-cycles:
-        model = fresh init (model-init=reinit) or the last global model
-        R FedAvg rounds of E local epochs on the labeled sets (Flower's FedAvg)
-        evaluate the global model (central test set, or federated)
+        R = strategy.train_rounds(cycle); if R > 0 and some client holds labels:
+            model = fresh init (model-init=reinit) or the last global model
+            R FedAvg rounds of E local epochs on the labeled sets (Flower's FedAvg)
+        (otherwise no training: the model stays, e.g. one installed by replace_model)
+        evaluate the global model (central test set, or federated), or the model
+        the clients keep in their node state (strategy.evaluation_model_key)
         if cycle < num-cycles: query phase (the strategy's query.* rounds)
 
 Everything crosses the network as Flower messages through a
@@ -289,7 +292,13 @@ class Experiment:
         model = build_model(self.model_name, input_shape=shape, num_outputs=num_outputs, seed=self.cfg.seed * 1000 + cycle)
         return ArrayRecord(model.state_dict())
 
-    def evaluate(self, arrays: ArrayRecord) -> dict[str, Any]:
+    def evaluate(self, arrays: ArrayRecord, client_model_key: str | None = None) -> dict[str, Any]:
+        """Evaluate ``arrays``, or (``client_model_key``) the model each client keeps under that state key."""
+        if client_model_key and self.test is not None:
+            raise ValueError(
+                f"evaluation: strategy {self.cfg.strategy!r} keeps its model on the clients (the server never "
+                "holds it in the clear), so it must be evaluated federatedly: set evaluation=\"federated\""
+            )
         if self.test is not None:
             num_outputs = self.test.num_classes
             model = build_model(self.model_name, input_shape=self.test.input_shape, num_outputs=num_outputs)
@@ -300,9 +309,11 @@ class Experiment:
             )
             result["where"] = "central"
         else:
-            replies = self.messenger.send(
-                MessageType.EVALUATE, {p: RecordDict({"arrays": arrays, "config": ConfigRecord({})}) for p in self.clients}
-            )
+            if client_model_key:  # clients evaluate their own copy; nothing to send
+                content = RecordDict({"arrays": ArrayRecord(), "config": ConfigRecord({"model-state-key": client_model_key})})
+            else:
+                content = RecordDict({"arrays": arrays, "config": ConfigRecord({})})
+            replies = self.messenger.send(MessageType.EVALUATE, {p: content for p in self.clients})
             metrics = [r["metrics"] for r in replies.values()]
             n = sum(int(m["num-examples"]) for m in metrics)
             if self.cfg.task == "regression":
@@ -314,6 +325,8 @@ class Experiment:
                 result = {"accuracy": float(correct.sum() / max(count.sum(), 1)), "per-class-accuracy": per_class}
             result["num-examples"] = n
             result["where"] = "federated"
+            if client_model_key:
+                result["client-model-key"] = client_model_key
         if "per-class-accuracy" in result:
             vals = [v for v in result["per-class-accuracy"] if v == v]
             result["balanced-accuracy"] = float(np.mean(vals)) if vals else float("nan")
@@ -335,19 +348,25 @@ class Experiment:
             before = self.meter.snapshot()
             seconds: dict[str, float] = {}
             self.refresh_nodes()
-            if cycle > 0 and cfg.model_init == "reinit":
-                arrays = self.fresh_model(cycle)
+            rounds = int(self.strategy.train_rounds(cycle))
+            if rounds > 0 and any(c.labeled > 0 for c in self.clients.values()):
+                if cycle > 0 and cfg.model_init == "reinit":
+                    arrays = self.fresh_model(cycle)
+                t0 = time.perf_counter()
+                fedavg = CycleFedAvg(cfg, self.messenger, cycle)
+                result = fedavg.start(
+                    grid=self.grid, initial_arrays=arrays, num_rounds=rounds,
+                    timeout=cfg.reply_timeout_seconds, train_config=ConfigRecord({"cycle": cycle}),
+                )
+                arrays = result.arrays
+                seconds["train"] = time.perf_counter() - t0
+                seconds["train-client-compute-sum"] = float(np.sum(fedavg.client_seconds))
+            else:  # nothing to train on (FedAvg would divide by zero examples) or a closed-form strategy
+                rounds = 0
+                seconds["train"] = 0.0
+                seconds["train-client-compute-sum"] = 0.0
             t0 = time.perf_counter()
-            fedavg = CycleFedAvg(cfg, self.messenger, cycle)
-            result = fedavg.start(
-                grid=self.grid, initial_arrays=arrays, num_rounds=cfg.rounds_per_cycle,
-                timeout=cfg.reply_timeout_seconds, train_config=ConfigRecord({"cycle": cycle}),
-            )
-            arrays = result.arrays
-            seconds["train"] = time.perf_counter() - t0
-            seconds["train-client-compute-sum"] = float(np.sum(fedavg.client_seconds))
-            t0 = time.perf_counter()
-            evaluation = self.evaluate(arrays)
+            evaluation = self.evaluate(arrays, self.strategy.evaluation_model_key(cycle, self.strategy_state))
             seconds["evaluate"] = time.perf_counter() - t0
             labeled = sum(c.labeled for c in self.clients.values())
             record: dict[str, Any] = {
@@ -355,6 +374,7 @@ class Experiment:
                 "labeled": labeled,
                 "labeled-fraction": labeled / max(total_data, 1),
                 "labeled-per-client": {str(p): c.labeled for p, c in self.clients.items()},
+                "train-rounds": rounds,
                 "evaluation": evaluation,
             }
             if cfg.record_label_histograms:

@@ -67,6 +67,10 @@ class QueryPhase(Protocol):
     #: this cycle's strategy results so far: record()'s values, and the selectors'
     #: per-client diagnostics that select() adds under "client-diagnostics"
     recorded: dict[str, Any]
+    #: sample ids bought this phase, by partition id (recorded as the cycle's
+    #: "selected-ids"): select() fills it; a strategy that buys labels through
+    #: its own query action (FALE) adds its purchases here
+    selected: dict[int, np.ndarray]
 
     def broadcast(
         self, action: str, config: Mapping[str, Any] | None = None, *,
@@ -108,6 +112,25 @@ class FALStrategy(ABC):
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
+
+    def train_rounds(self, cycle: int) -> int:
+        """FedAvg rounds to run at the start of ``cycle`` (before its evaluation).
+
+        The loop skips training (and the per-cycle re-initialisation, so a model
+        installed with :meth:`QueryPhase.replace_model` stays) when this is 0 or
+        when no client holds a label. FALE fits in closed form and returns 0.
+        """
+        return self.cfg.rounds_per_cycle
+
+    def evaluation_model_key(self, cycle: int, state: Mapping[str, Any]) -> str | None:
+        """Name of a model every client keeps in its ``context.state`` to evaluate instead of the global arrays.
+
+        ``None`` (the default): clients evaluate the global model the server sends.
+        A strategy whose model the server never holds in the clear (FALE: the
+        clients unmask it) returns the state key; this needs ``evaluation=federated``.
+        ``state`` is the strategy's server-side state (``QueryPhase.state``).
+        """
+        return None
 
     def validate(self) -> None:
         if self.cfg.task not in self.tasks:
