@@ -291,7 +291,7 @@ def sample_until_distinct(
 
 
 def masked_least_squares(
-    a_parts: Sequence[np.ndarray], b_parts: Sequence[np.ndarray]
+    a_parts: Sequence[np.ndarray], b_parts: Sequence[np.ndarray], *, rcond: float | None = None
 ) -> np.ndarray:
     """Solve ``theta_hat = argmin ||A theta - b||_2`` for the stacked masked blocks.
 
@@ -301,12 +301,21 @@ def masked_least_squares(
     ``scipy.linalg.lstsq`` (SVD-based ``gelsd``); if ``A`` is rank deficient (e.g. fewer labelled
     points than ``d``) the minimum-norm solution is returned, which also commutes with ``Q``.
 
+    Rank cutoff: singular values of ``A`` below ``rcond * s_max`` count as zero, by default
+    ``rcond = max(m, d) * eps`` (``numpy.linalg.lstsq``'s and ``matrix_rank``'s rule) rather than
+    LAPACK's ``eps``. The masks' round-off turns an exactly rank-deficient ``X^L`` (duplicated
+    columns, e.g. two identical features of kegg-undirected) into one with a singular value of
+    order ``eps * s_max``; inverting it gave ``||theta|| ~ 1e10`` (prediction error of order 1 once
+    stored as float32) instead of the minimum-norm solution of the unmasked problem.
+
     Parameters
     ----------
     a_parts
         ``A_i`` (``n^l_i x d``) per client; clients with no labelled point may send ``(0, d)``.
     b_parts
         ``b_i`` (``n^l_i,``) per client.
+    rcond
+        Relative singular-value cutoff; ``None`` = ``max(m, d) * eps``.
 
     Returns
     -------
@@ -332,5 +341,7 @@ def masked_least_squares(
             )
     a_stack = check_matrix(np.vstack([a_list[i] for i in nonempty]), "A (stacked a_parts)")
     b_stack = check_vector(np.concatenate([b_list[i] for i in nonempty]), "b (stacked b_parts)")
-    theta, *_ = scipy.linalg.lstsq(a_stack, b_stack, check_finite=False)
+    if rcond is None:
+        rcond = max(a_stack.shape) * np.finfo(np.float64).eps
+    theta, *_ = scipy.linalg.lstsq(a_stack, b_stack, cond=rcond, check_finite=False)
     return theta
