@@ -1,0 +1,115 @@
+"""The benchmark's in-process library path gives what the Flower app gives (benchmarks/fale_benchmark.py).
+
+FALE: same selected rows and theta as ``strategy=fale`` and as :func:`fedsvd.fale_fit`, at every
+budget of one curve. FALE-local and Random: the same labels and the same trained model (test MSE) as
+``strategy=fale-local`` / ``strategy=random`` through the app.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from client_app.methods.fale import client_features
+from fal_shared.config import RunConfig
+from fal_shared.experiment_data import client_data
+from fal_shared.experiment_data import test_data as held_out_data
+from fedsvd import fale_fit
+from server_app.inprocess import run_inprocess
+
+_spec = importlib.util.spec_from_file_location(
+    "fale_benchmark", Path(__file__).resolve().parents[1] / "benchmarks" / "fale_benchmark.py"
+)
+bench = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("fale_benchmark", bench)  # dataclasses look their module up there
+_spec.loader.exec_module(bench)
+
+K = 3
+
+
+def settings(tmp_path, **kw):
+    return {
+        "dataset": "diabetes", "seed": 2, "num-clients": K, "num-cycles": 1, "rounds-per-cycle": 2, "local-epochs": 2,
+        "batch-size": 32, "optimizer": "adam", "lr": 0.01, "weight-decay": 0.0, "lr-decay-fraction": 1.0,
+        "initial-labeled-fraction": 0.01, "budget-mode": "count", "budget-count": 10, "fale-block-size": 64,
+        "evaluation": "central", "run-name": "b", "output-dir": str(tmp_path), "state-dir": str(tmp_path / "s"), **kw,
+    }
+
+
+def data(cfg):
+    return [client_data(cfg, p, K) for p in range(K)], held_out_data(cfg, K)
+
+
+def test_fale_curve_equals_fale_fit_at_every_budget():
+    cfg = RunConfig.model_validate(settings(Path("/tmp")))
+    parts, _ = data(cfg)
+    xs, ys = [client_features(p.x, False) for p in parts], [p.y for p in parts]
+    curve = bench.fale_curve(xs, ys, [15, 40, 90], seed=5, block_size=64)
+    for point in curve:
+        ref = fale_fit(xs, ys, point.n_query, seed=5, block_size=64)
+        assert point.selected == ref.selected and point.selection.n_draws == ref.n_draws
+        np.testing.assert_allclose(point.theta, ref.theta, rtol=1e-12, atol=1e-14)
+    # one sampling stream: a larger budget extends the smaller one's draws
+    assert set(curve[0].selected) <= set(curve[1].selected) <= set(curve[2].selected)
+
+
+def test_fale_library_path_matches_the_app(tmp_path):
+    run = settings(tmp_path, strategy="fale", evaluation="federated", **{"fale-budget-count": 60})
+    results = run_inprocess(run, num_clients=K)
+    cfg = RunConfig.model_validate(run)
+    parts, test = data(cfg)
+    (point,) = bench.fale_curve([client_features(p.x, False) for p in parts], [p.y for p in parts], [60],
+                                seed=cfg.seed, block_size=cfg.fale_block_size)
+    app = sorted((p, int(np.searchsorted(parts[p].ids, i))) for p in range(K) for i in results["cycles"][0]["selected-ids"][str(p)])
+    assert app == sorted(point.selected)
+    # the app's federated evaluation of the clients' unmasked model = the library's test MSE of theta
+    assert results["cycles"][1]["evaluation"]["mse"] == pytest.approx(bench.linear_mse(point.theta, test, cfg), rel=1e-6)
+
+
+def test_fale_local_library_path_matches_the_app(tmp_path):
+    run = settings(tmp_path, strategy="fale-local", **{"fale-budget-count": 60})
+    results = run_inprocess(run, num_clients=K)
+    cfg = RunConfig.model_validate(run)
+    parts, test = data(cfg)
+    (point,) = bench.fale_curve([client_features(p.x, False) for p in parts], [p.y for p in parts], [60],
+                                seed=cfg.seed, block_size=cfg.fale_block_size)
+    rows = [np.array(sorted(j for i, j in point.selected if i == p), dtype=np.int64) for p in range(K)]
+    for p in range(K):
+        assert parts[p].ids[rows[p]].tolist() == results["cycles"][0]["selected-ids"][str(p)]
+    torch.set_num_threads(1)
+    model = bench.fedavg_linear(cfg, [(parts[p].x[rows[p]], parts[p].y[rows[p]]) for p in range(K)], cycle=1,
+                                input_dim=parts[0].x.shape[1])
+    assert results["cycles"][1]["evaluation"]["mse"] == pytest.approx(bench.model_mse(model, test, cfg), rel=1e-6)
+
+
+def test_random_library_path_matches_the_app(tmp_path):
+    run = settings(tmp_path, strategy="random", **{"budget-count": 20})
+    results = run_inprocess(run, num_clients=K)
+    cfg = RunConfig.model_validate(run)
+    parts, test = data(cfg)
+    rows = [bench.random_rows(cfg, parts[p], p, 20) for p in range(K)]
+    for p in range(K):
+        bought = results["cycles"][0]["selected-ids"][str(p)]
+        assert parts[p].ids[rows[p]].tolist()[-20:] == bought  # the query's picks, in ledger order
+        assert len(rows[p]) == results["cycles"][1]["labeled-per-client"][str(p)]
+    torch.set_num_threads(1)
+    model = bench.fedavg_linear(cfg, [(parts[p].x[rows[p]], parts[p].y[rows[p]]) for p in range(K)], cycle=1,
+                                input_dim=parts[0].x.shape[1])
+    assert results["cycles"][1]["evaluation"]["mse"] == pytest.approx(bench.model_mse(model, test, cfg), rel=1e-6)
+
+
+def test_win_tie_loss_counts():
+    rng = np.random.default_rng(0)
+    base = rng.normal(1.0, 0.05, size=(3, 10))
+    better = base - 0.2 + rng.normal(0, 0.01, size=base.shape)  # clearly lower MSE at every checkpoint
+    noise = rng.normal(0, 0.01, size=(2, 10))
+    mixed = np.vstack([base[0] - 0.2 + noise[0], base[1] + 0.2 + noise[1], base[2] + rng.normal(0, 1e-3, 10)])
+    assert bench.win_tie_loss(better, base) == (3, 0, 0)
+    assert bench.win_tie_loss(base, better) == (0, 0, 3)
+    assert bench.win_tie_loss(mixed, base) == (1, 1, 1)
+    assert bench.win_tie_loss(base, base) == (0, 3, 0)
