@@ -81,10 +81,10 @@ def _row_sq_norms(x: NDArray[np.floating]) -> NDArray[np.floating]:
 class PointSet(ABC):
     """A set of ``n`` points in some Euclidean space, queried by squared distances.
 
-    Subclasses must implement :meth:`__len__`, :meth:`sq_norms`,
-    :meth:`sq_dists_to_many` and :meth:`subset`; :meth:`sq_dists_to` and
-    :meth:`min_sq_dists_to` are derived from them (subclasses may override
-    :meth:`sq_dists_to` with a faster matrix-vector version).
+    Subclasses must implement :meth:`__len__`, :meth:`sq_norms`, :meth:`_dots`
+    and :meth:`subset`, and keep their squared norms in ``self._sq``;
+    :meth:`sq_dists_to` (a matrix-vector product), :meth:`sq_dists_to_many` and
+    :meth:`min_sq_dists_to` are derived from them.
 
     Distances are only defined between point sets of the same type and the
     same dimensions; mixing them raises ``TypeError`` / ``ValueError``.
@@ -104,6 +104,21 @@ class PointSet(ABC):
         """Squared norm of every point, shape ``(n,)`` (distance to the origin)."""
 
     @abstractmethod
+    def _dots(self, other: PointSet, index: int | NDArray[np.intp]) -> NDArray[np.floating]:
+        """Inner products ``<self_i, other_index>``: shape ``(n,)`` for an int, ``(n, m)`` for ``m`` indices.
+
+        The only geometry a subclass defines; squared distances follow from it
+        and the squared norms the subclass keeps in ``self._sq``.
+        """
+
+    def _sq_dists(self, other: PointSet, index: int | NDArray[np.intp]) -> NDArray[np.floating]:
+        self._check_compatible(other)
+        out = self._dots(other, index)
+        out *= -2.0
+        out += self._sq if np.ndim(index) == 0 else self._sq[:, None]
+        out += other._sq[index]
+        return np.maximum(out, 0.0, out=out)
+
     def sq_dists_to_many(self, other: PointSet, indices: ArrayLike) -> NDArray[np.floating]:
         """Squared distances from every point of ``self`` to ``other[indices]``.
 
@@ -119,6 +134,7 @@ class PointSet(ABC):
         numpy.ndarray
             Shape ``(len(self), m)``, clipped at 0.
         """
+        return self._sq_dists(other, np.asarray(indices, dtype=np.intp).reshape(-1))
 
     @abstractmethod
     def subset(self: _P, indices: ArrayLike) -> _P:
@@ -139,7 +155,7 @@ class PointSet(ABC):
         numpy.ndarray
             Shape ``(len(self),)``, clipped at 0.
         """
-        return self.sq_dists_to_many(other, np.array([j]))[:, 0]
+        return self._sq_dists(other, int(j))
 
     def min_sq_dists_to(
         self, other: PointSet, *, max_block_elems: int = DEFAULT_MAX_BLOCK_ELEMS
@@ -227,24 +243,9 @@ class DenseFeatures(PointSet):
                 f"`other` has dimension {other._X.shape[1]}, `self` has {self._X.shape[1]}."
             )
 
-    def sq_dists_to(self, other: PointSet, j: int) -> NDArray[np.floating]:
-        self._check_compatible(other)
+    def _dots(self, other: PointSet, index: int | NDArray[np.intp]) -> NDArray[np.floating]:
         assert isinstance(other, DenseFeatures)
-        out = self._X @ other._X[j]
-        out *= -2.0
-        out += self._sq
-        out += other._sq[j]
-        return np.maximum(out, 0.0, out=out)
-
-    def sq_dists_to_many(self, other: PointSet, indices: ArrayLike) -> NDArray[np.floating]:
-        self._check_compatible(other)
-        assert isinstance(other, DenseFeatures)
-        idx = np.asarray(indices, dtype=np.intp).reshape(-1)
-        out = self._X @ other._X[idx].T
-        out *= -2.0
-        out += self._sq[:, None]
-        out += other._sq[idx][None, :]
-        return np.maximum(out, 0.0, out=out)
+        return self._X @ other._X[index].T
 
     def subset(self, indices: ArrayLike) -> DenseFeatures:
         idx = np.asarray(indices, dtype=np.intp).reshape(-1)
@@ -343,26 +344,12 @@ class GradientEmbeddings(PointSet):
                 f"`self` has ({self._h.shape[1]}, {self._a.shape[1]})."
             )
 
-    def sq_dists_to(self, other: PointSet, j: int) -> NDArray[np.floating]:
-        self._check_compatible(other)
+    def _dots(self, other: PointSet, index: int | NDArray[np.intp]) -> NDArray[np.floating]:
+        # <g_i, g_j> = (h_i . h_j)(a_i . a_j): the C*d embedding is never formed
         assert isinstance(other, GradientEmbeddings)
-        out = self._h @ other._h[j]
-        out *= self._a @ other._a[j]
-        out *= -2.0
-        out += self._sq
-        out += other._sq[j]
-        return np.maximum(out, 0.0, out=out)
-
-    def sq_dists_to_many(self, other: PointSet, indices: ArrayLike) -> NDArray[np.floating]:
-        self._check_compatible(other)
-        assert isinstance(other, GradientEmbeddings)
-        idx = np.asarray(indices, dtype=np.intp).reshape(-1)
-        out = self._h @ other._h[idx].T
-        out *= self._a @ other._a[idx].T
-        out *= -2.0
-        out += self._sq[:, None]
-        out += other._sq[idx][None, :]
-        return np.maximum(out, 0.0, out=out)
+        out = self._h @ other._h[index].T
+        out *= self._a @ other._a[index].T
+        return out
 
     def subset(self, indices: ArrayLike) -> GradientEmbeddings:
         idx = np.asarray(indices, dtype=np.intp).reshape(-1)
