@@ -55,8 +55,9 @@ class ClientSession:
         threadpool_limits(self.cfg.client_threads)
         self.run_name = run_name
         self.data: ClientData = client_data(self.cfg, self.partition_id, self.num_partitions)
-        state_dir = str(context.node_config.get("state-dir", "")) or self.cfg.state_dir or str(Path.home() / ".fal-state")
-        self.ledger_path = Path(state_dir).expanduser() / _safe(run_name) / f"partition-{self.partition_id}.json"
+        node_state_dir = str(context.node_config.get("state-dir", ""))
+        state_root = Path(node_state_dir).expanduser() if node_state_dir else self.cfg.state_root()
+        self.ledger_path = state_root / _safe(run_name) / f"partition-{self.partition_id}.json"
         self.ledger = LabelLedger(self.ledger_path, task=self.data.task)
         self.oracle: Oracle = GroundTruthOracle(self.data.ids, self.data.y)
         self.device = pick_device(self.cfg.device)

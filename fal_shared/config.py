@@ -246,6 +246,14 @@ class RunConfig(
             return self.lr * self.lr_decay_gamma
         return self.lr
 
+    def output_root(self) -> Path:
+        """Where result folders go: ``output-dir``, else ``~/fal-results``."""
+        return Path(self.output_dir).expanduser() if self.output_dir else Path.home() / "fal-results"
+
+    def state_root(self) -> Path:
+        """Where client ledgers go when the node config names none: ``state-dir``, else ``~/.fal-state``."""
+        return Path(self.state_dir).expanduser() if self.state_dir else Path.home() / ".fal-state"
+
     def resolved_model(self) -> str:
         from fal_shared.models import default_model_for
 

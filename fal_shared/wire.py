@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import RecordDict
 
-__all__ = ["content_bytes", "config_of", "arrays_of", "int_list"]
+__all__ = ["content_bytes", "config_of", "int_list"]
 
 
 def content_bytes(content: RecordDict) -> int:
@@ -27,18 +27,5 @@ def config_of(content: RecordDict, key: str = "config") -> dict[str, Any]:
     return dict(record) if record is not None else {}
 
 
-def arrays_of(arrays: list[np.ndarray]) -> ArrayRecord:
-    return ArrayRecord(numpy_ndarrays=[np.ascontiguousarray(a) for a in arrays])
-
-
 def int_list(values: Any) -> list[int]:
     return [int(v) for v in np.asarray(values).reshape(-1)]
-
-
-def make_content(config: dict[str, Any] | None = None, **records: Any) -> RecordDict:
-    """A RecordDict with a ``config`` ConfigRecord and any further named records."""
-    items: dict[str, Any] = {}
-    if config is not None:
-        items["config"] = ConfigRecord(config)
-    items.update(records)
-    return RecordDict(items)

@@ -42,11 +42,13 @@ def _parse_pairs(text: str) -> dict[str, Any]:
     return pairs
 
 
-def resolve_overrides(args: argparse.Namespace, *, num_clients: int | None = None) -> tuple[RunConfig, dict[str, Any]]:
+def resolve_overrides(
+    args: argparse.Namespace, *, num_clients: int | None = None
+) -> tuple[RunConfig, dict[str, Any], Path]:
     """Merge files and --run-config, validate everything before any process starts.
 
     Fills in ``run-name``, ``output-dir`` and ``state-dir`` so the launcher knows
-    where the results land.
+    where the results land; returns the config, the overrides and the results folder.
     """
     overrides: dict[str, Any] = {}
     for path in args.config:
@@ -66,15 +68,13 @@ def resolve_overrides(args: argparse.Namespace, *, num_clients: int | None = Non
 
     test_data(cfg)  # a missing or corrupt data file fails here, before any Flower process starts
     run_name = resolve_run_name(cfg)
-    out_root = Path(cfg.output_dir).expanduser() if cfg.output_dir else Path.home() / "fal-results"
+    folder = output_folder(cfg, run_name).resolve()
     overrides.update({
         "run-name": run_name,
-        "output-dir": str(out_root.resolve()),
-        "state-dir": str(Path(cfg.state_dir).expanduser()) if cfg.state_dir else str(Path.home() / ".fal-state"),
+        "output-dir": str(folder.parent),
+        "state-dir": str(cfg.state_root()),
     })
-    cfg = parse_run_config(overrides)
-    assert output_folder(cfg, run_name).is_absolute()
-    return cfg, overrides
+    return parse_run_config(overrides), overrides, folder
 
 
 def check_results(folder: Path) -> dict[str, Any]:
@@ -119,10 +119,9 @@ def launch(
     """Validate, start the Flower processes, run, check, stop everything; the exit code."""
     started = time.time()
     try:
-        cfg, overrides = resolve_overrides(args, num_clients=num_clients)
+        cfg, overrides, folder = resolve_overrides(args, num_clients=num_clients)
     except (ConfigError, ValueError, OSError) as err:  # bad config, data missing or corrupt
         return fail(str(err))
-    folder = Path(overrides["output-dir"]) / overrides["run-name"]
     with FlowerEnvironment(Path(args.app), simulation=simulation) as env:
         try:
             env.start_superlink()

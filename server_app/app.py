@@ -27,8 +27,7 @@ def resolve_run_name(cfg: RunConfig) -> str:
 
 
 def output_folder(cfg: RunConfig, run_name: str) -> Path:
-    root = Path(cfg.output_dir).expanduser() if cfg.output_dir else Path.home() / "fal-results"
-    return root / run_name
+    return cfg.output_root() / run_name
 
 
 def run_experiment(grid: Grid, run_config: dict) -> dict:
