@@ -54,18 +54,24 @@ class TestData:
 
 
 @lru_cache(maxsize=4)
-def _classification(dataset: str, data_root: str, long_tail_factor: float, seed: int, subset: int = 0,
-                    test_subset: int = 0):
+def _classification(dataset: str, data_root: str, long_tail_factor: float, seed: int, subset: int = 0):
+    """The training split and the ids of it that are used (train subset, then long-tail profile)."""
     train = load_classification(dataset, "train", data_root or None)
-    test = load_classification(dataset, "test", data_root or None)
-    if 0 < test_subset < len(test.y):
-        test = test.subset(np.sort(np.random.default_rng([seed, 130363]).choice(len(test.y), size=test_subset, replace=False)))
     keep = np.arange(len(train.y))
     if 0 < subset < len(keep):
         keep = np.sort(np.random.default_rng([seed, 104729]).choice(len(keep), size=subset, replace=False))
     if long_tail_factor > 1:
         keep = keep[np.sort(long_tail_indices(train.y[keep], train.num_classes, long_tail_factor, seed))]
-    return train, test, keep
+    return train, keep
+
+
+@lru_cache(maxsize=4)
+def _classification_test(dataset: str, data_root: str, seed: int, test_subset: int = 0):
+    """The test split, or its seeded subset of ``test_subset`` samples."""
+    test = load_classification(dataset, "test", data_root or None)
+    if 0 < test_subset < len(test.y):
+        test = test.subset(np.sort(np.random.default_rng([seed, 130363]).choice(len(test.y), size=test_subset, replace=False)))
+    return test
 
 
 @lru_cache(maxsize=4)
@@ -88,7 +94,7 @@ def _regression(dataset: str, data_root: str, num_partitions: int, test_fraction
 @lru_cache(maxsize=16)
 def _partitions(dataset: str, data_root: str, long_tail_factor: float, seed: int, subset: int,
                 num_partitions: int, scheme: str, alpha: float) -> list[np.ndarray]:
-    train, _, keep = _classification(dataset, data_root, long_tail_factor, seed, subset)
+    train, keep = _classification(dataset, data_root, long_tail_factor, seed, subset)
     parts = partition_indices(train.y[keep], num_partitions, scheme=scheme, alpha=alpha, seed=seed)
     return [np.sort(keep[p]) for p in parts]
 
@@ -118,9 +124,8 @@ def client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> Clien
         ids = np.sort(parts[partition_id])
         share = test_idx[_test_share(len(test_idx), partition_id, num_partitions, cfg.seed)]
         return ClientData(ids, x[ids], y[ids], x[share], y[share], 1, (x.shape[1],), None, "regression")
-    train, test, _ = _classification(
-        cfg.dataset, cfg.data_root, cfg.long_tail_factor, cfg.seed, cfg.train_subset_size, cfg.test_subset_size
-    )
+    train, _ = _classification(cfg.dataset, cfg.data_root, cfg.long_tail_factor, cfg.seed, cfg.train_subset_size)
+    test = _classification_test(cfg.dataset, cfg.data_root, cfg.seed, cfg.test_subset_size)
     ids = _partitions(cfg.dataset, cfg.data_root, cfg.long_tail_factor, cfg.seed, cfg.train_subset_size,
                       num_partitions, cfg.partition, cfg.alpha)[partition_id]
     share = _test_share(len(test.y), partition_id, num_partitions, cfg.seed)
@@ -145,7 +150,6 @@ def test_data(cfg: RunConfig, num_partitions: int | None = None) -> TestData:
             cfg.regression_alpha, cfg.seed,
         )
         return TestData(x[test_idx], y[test_idx], 1, (x.shape[1],), None, "regression")
-    train, test, _ = _classification(
-        cfg.dataset, cfg.data_root, cfg.long_tail_factor, cfg.seed, cfg.train_subset_size, cfg.test_subset_size
-    )
+    train, _ = _classification(cfg.dataset, cfg.data_root, cfg.long_tail_factor, cfg.seed, cfg.train_subset_size)
+    test = _classification_test(cfg.dataset, cfg.data_root, cfg.seed, cfg.test_subset_size)
     return TestData(test.x, test.y, test.num_classes, tuple(test.x.shape[1:]), (train.scale, train.mean, train.std), "classification")
