@@ -125,6 +125,7 @@ def setup(session: ClientSession, content: RecordDict) -> RecordDict:
         "pool-size": len(pool_ids),
         "labeled": len(session.ledger),
         "num-classes": session.data.num_classes,
+        "input-shape": list(session.data.input_shape),
         "ledger": str(session.ledger_path),
     }
     if session.cfg.record_label_histograms:

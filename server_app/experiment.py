@@ -110,6 +110,7 @@ class _Phase:
         self.selected: dict[int, np.ndarray] = {}
         self.selection_seconds: list[float] = []
         self.new_arrays: ArrayRecord | None = None
+        self.select_rounds = 0
 
     def _content(self, config: Mapping[str, Any] | None, include_model: bool, records: Mapping[str, Any] | None) -> RecordDict:
         items: dict[str, Any] = {"config": ConfigRecord({"cycle": self.cycle, **(config or {})})}
@@ -127,22 +128,26 @@ class _Phase:
 
     def select(self, selector, params=None, *, per_client=None, include_model=True, budgets=None):
         budgets = dict(budgets if budgets is not None else self.budgets)
+        self.select_rounds += 1  # a second select round in one cycle must not replay the first purchase
+        token = f"cycle-{self.cycle}-select" + (f"-{self.select_rounds}" if self.select_rounds > 1 else "")
         contents = {}
         for pid in self.clients:
             config = {
                 "selector": selector,
                 "strategy": self.cfg.strategy,
                 "budget": int(budgets.get(pid, 0)),
-                "token": f"cycle-{self.cycle}-select",
+                "token": token,
                 **(params or {}),
                 **((per_client or {}).get(pid, {})),
             }
             contents[pid] = self._content(config, include_model, None)
         replies = self.send("select", contents)
+        this_round: dict[int, np.ndarray] = {}
         for pid, reply in replies.items():
             result = config_of(reply, "result")
             ids = np.asarray(result.get("selected-ids", []), dtype=np.int64)
-            self.selected[pid] = ids
+            this_round[pid] = ids
+            self.selected[pid] = np.concatenate([self.selected.get(pid, np.zeros(0, dtype=np.int64)), ids])
             info = self.clients[pid]
             info.labeled = int(result["labeled"])
             info.pool_size = int(result["pool-size"])
@@ -154,7 +159,7 @@ class _Phase:
             diag = {k[5:]: v for k, v in result.items() if k.startswith("diag-")}
             if diag:
                 self.recorded.setdefault("client-diagnostics", {})[str(pid)] = diag
-        return dict(self.selected)
+        return this_round
 
     def record(self, key, value):
         self.recorded[key] = value
@@ -225,6 +230,7 @@ class Experiment:
                 partition_id=pid, node_id=node, data_size=int(r["data-size"]), pool_size=int(r["pool-size"]),
                 labeled=int(r["labeled"]), num_classes=int(r["num-classes"]),
                 label_histogram=[int(v) for v in r["label-histogram"]] if "label-histogram" in r else None,
+                input_shape=tuple(int(v) for v in r["input-shape"]),
             )
             found[pid] = (info, int(r["num-partitions"]))
         return found
@@ -243,7 +249,6 @@ class Experiment:
             )
         self.clients = {pid: info for pid, (info, _) in sorted(found.items())}
         self.messenger.nodes = {p: c.node_id for p, c in self.clients.items()}
-        self.num_partitions = nparts
 
     def refresh_nodes(self) -> None:
         """Re-map partitions when SuperNodes restarted (a restarted node has a new node id).
@@ -337,8 +342,8 @@ class Experiment:
         cfg = self.cfg
         self.discover()
         self.check_budgets()
-        if self._input_shape is None:
-            self._input_shape = self._probe_input_shape()
+        if self._input_shape is None:  # federated evaluation: the server holds no data, the clients say
+            self._input_shape = next(iter(self.clients.values())).input_shape
         self.recorder.set_clients({
             str(p): {"node-id": c.node_id, "data-size": c.data_size, "initial-labeled": c.labeled} for p, c in self.clients.items()
         })
@@ -400,11 +405,6 @@ class Experiment:
         totals = {"traffic": self.meter.snapshot(), "final-evaluation": final}
         self.recorder.finish("completed", totals=totals)
         return self.recorder.data
-
-    def _probe_input_shape(self) -> tuple[int, ...]:
-        from fal_shared.experiment_data import client_data
-
-        return client_data(self.cfg, next(iter(self.clients)), self.num_partitions).input_shape
 
     def _log_cycle(self, record: dict[str, Any]) -> None:
         ev = record["evaluation"]

@@ -53,6 +53,7 @@ class ClientInfo:
     labeled: int
     num_classes: int
     label_histogram: list[int] | None = None
+    input_shape: tuple[int, ...] = ()
 
 
 class QueryPhase(Protocol):

@@ -189,3 +189,26 @@ def test_federated_evaluation_matches_central(small_run, tmp_path):
     # same seed, same model: the clients' test shares together are the whole test set
     assert fed["cycles"][0]["evaluation"]["accuracy"] == pytest.approx(central["cycles"][0]["evaluation"]["accuracy"])
     assert "evaluate" in fed["cycles"][0]["traffic"]
+
+
+def test_two_select_rounds_in_one_cycle_buy_twice(small_run):
+    from strategies.base import STRATEGIES, FALStrategy, register_strategy
+
+    if "test-two-selects" not in STRATEGIES:
+
+        @register_strategy("test-two-selects")
+        class TwoSelects(FALStrategy):
+            tasks = ("classification",)
+
+            def query(self, phase):
+                first = phase.select("random", include_model=False, budgets={p: 2 for p in phase.clients})
+                second = phase.select("random", include_model=False, budgets={p: 3 for p in phase.clients})
+                phase.record("rounds", [{str(p): v.tolist() for p, v in r.items()} for r in (first, second)])
+
+    results = run_inprocess({**small_run, "strategy": "test-two-selects", "num-cycles": 1}, num_clients=2)
+    first, second = results["cycles"][0]["strategy"]["rounds"]
+    for pid in ("0", "1"):
+        assert len(first[pid]) == 2 and len(second[pid]) == 3
+        assert not set(first[pid]) & set(second[pid])
+        assert results["cycles"][0]["selected-ids"][pid] == first[pid] + second[pid]
+        assert results["cycles"][1]["labeled-per-client"][pid] == results["cycles"][0]["labeled-per-client"][pid] + 5
