@@ -170,9 +170,9 @@ def select(session: ClientSession, content: RecordDict) -> RecordDict:
         )
         outcome = run_selection(get_selector(str(conf["selector"])), ctx)
         bought = session.buy(outcome.ids, cycle=cycle, strategy=str(conf["strategy"]), token=token)
-        select_seconds, diagnostics = outcome.seconds, outcome.diagnostics
+        select_seconds, diagnostics, timings = outcome.seconds, outcome.diagnostics, outcome.timings
     else:
-        select_seconds, diagnostics = 0.0, {"replayed": True}
+        select_seconds, diagnostics, timings = 0.0, {"replayed": True}, {}
     config = {
         "selected-ids": int_list(bought),
         "labeled": len(session.ledger),
@@ -184,4 +184,5 @@ def select(session: ClientSession, content: RecordDict) -> RecordDict:
     if session.cfg.record_label_histograms:
         config["label-histogram"] = session.label_histogram()
     metrics = {"compute-seconds": time.perf_counter() - start, "selection-seconds": select_seconds}
+    metrics.update({f"selection-seconds-{name}": float(v) for name, v in timings.items()})  # a selector's own phases
     return _reply(config, metrics)

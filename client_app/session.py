@@ -8,7 +8,6 @@ disk, so nothing bought is ever only in memory.
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -167,16 +166,3 @@ class ClientSession:
     def query_seed(self, cycle: int, salt: int = 0) -> list[int]:
         """Seed material for randomness of one query: (run seed, partition, cycle, salt)."""
         return [self.cfg.seed, self.partition_id, cycle, salt]
-
-
-class Stopwatch:
-    """Accumulates named compute timings for the reply metrics."""
-
-    def __init__(self) -> None:
-        self.times: dict[str, float] = {}
-        self._start = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.times[name] = self.times.get(name, 0.0) + now - self._start
-        self._start = now

@@ -156,6 +156,9 @@ class _Phase:
             metrics = reply.metric_records.get("metrics")
             if metrics is not None:
                 self.selection_seconds.append(float(metrics.get("selection-seconds", 0.0)))
+                phases = {k[len("selection-seconds-"):]: float(v) for k, v in metrics.items() if k.startswith("selection-seconds-")}
+                if phases:
+                    self.recorded.setdefault("client-selection-seconds", {})[str(pid)] = phases
             diag = {k[5:]: v for k, v in result.items() if k.startswith("diag-")}
             if diag:
                 self.recorded.setdefault("client-diagnostics", {})[str(pid)] = diag

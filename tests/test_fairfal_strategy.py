@@ -124,6 +124,8 @@ def test_real_message_flow(tmp_path):
             diag = cycle["strategy"]["client-diagnostics"][pid]
             assert isinstance(diag["used-global-uncertainty"], bool)
             assert 0 <= diag["divergence"] <= 1
+            phases = cycle["strategy"]["client-selection-seconds"][pid]  # the selector's own timings reach the results
+            assert set(phases) == {"fairfal-models", "fairfal-scores", "fairfal-selection"}
         assert 0 <= cycle["strategy"]["fraction-global-uncertainty"] <= 1
 
 
