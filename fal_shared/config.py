@@ -15,6 +15,7 @@ and checked by the tests, so code, pyproject and docs cannot drift.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -298,24 +299,25 @@ def _fields():
         yield name, info, extra
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """A scalar as a TOML literal (for pyproject, the README and ``flwr run --run-config``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return json.dumps(value, ensure_ascii=False)  # JSON string escapes are valid TOML basic-string escapes
     return repr(value)
 
 
 def pyproject_table() -> str:
     """The ``[tool.flwr.app.config]`` body, generated from the model."""
-    return "\n".join(f"{info.alias} = {_toml_value(info.default)}" for _, info, _ in _fields())
+    return "\n".join(f"{info.alias} = {toml_value(info.default)}" for _, info, _ in _fields())
 
 
 def settings_table() -> str:
     """A markdown table of every key: name, default, unit, source, meaning."""
     rows = ["| key | default | unit | source | meaning |", "|---|---|---|---|---|"]
     for _, info, extra in _fields():
-        default = _toml_value(info.default)
+        default = toml_value(info.default)
         cells = [f"`{info.alias}`", f"`{default}`", extra.get("unit", ""), extra.get("source", ""), info.description or ""]
         rows.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows)

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import IO
 
+from fal_shared.config import toml_value
+
 __all__ = ["FlowerEnvironment", "RunFailed", "free_port"]
 
 
@@ -49,17 +51,9 @@ def _wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 60
     raise RuntimeError(f"{what} did not listen on port {port} within {timeout:.0f} s")
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return repr(value)
-
-
 def run_config_arg(overrides: dict[str, object]) -> str:
     """``key=value`` pairs as ``flwr run --run-config`` expects (TOML values)."""
-    return " ".join(f"{k}={_toml_value(v)}" for k, v in overrides.items())
+    return " ".join(f"{k}={toml_value(v)}" for k, v in overrides.items())
 
 
 class FlowerEnvironment:
@@ -133,12 +127,6 @@ class FlowerEnvironment:
                 "--node-config", node_config,
             ],
         )
-
-    def stop_process(self, name: str) -> None:
-        for entry in list(self.processes):
-            if entry[0] == name:
-                self._kill(entry)
-                self.processes.remove(entry)
 
     @staticmethod
     def _kill(entry: tuple[str, subprocess.Popen, IO]) -> None:
@@ -226,7 +214,3 @@ class FlowerEnvironment:
             if status.startswith("finished") or time.monotonic() > deadline:
                 return status
             time.sleep(1.0)
-
-    def run_details(self, run_id: str) -> dict:
-        result = self.flwr("ls", "local", "--run-id", run_id, "--format", "json")
-        return json.loads(result.stdout)["runs"][0]
