@@ -32,7 +32,8 @@ from flwr.serverapp.strategy import FedAvg
 from fal_shared.config import RunConfig
 from fal_shared.experiment_data import test_data
 from fal_shared.models import build_model
-from fal_shared.training import evaluate, pick_device
+from fal_shared.batchnorm import has_batchnorm, install_statistics, pooled_statistics
+from fal_shared.training import DEVICE_CACHE, evaluate, pick_device
 from fal_shared.wire import config_of
 from server_app.messaging import ClientFailure, MeteredGrid, Messenger, TrafficMeter
 from server_app.results import ResultsRecorder
@@ -191,6 +192,7 @@ class Experiment:
         self.test = test_data(cfg) if cfg.evaluation == "central" else None
         self.model_name = cfg.resolved_model()
         self._input_shape: tuple[int, ...] | None = self.test.input_shape if self.test else None
+        self._has_batchnorm: bool | None = None
 
     # ---------------------------------------------------------------- setup
     def _wait_for_nodes(self) -> list[int]:
@@ -293,12 +295,28 @@ class Experiment:
 
     # -------------------------------------------------------------- models
     def fresh_model(self, cycle: int) -> ArrayRecord:
+        return ArrayRecord(self._build(seed=self.cfg.seed * 1000 + cycle).state_dict())
+
+    @property
+    def has_batchnorm(self) -> bool:
+        if self._has_batchnorm is None:
+            self._has_batchnorm = has_batchnorm(self._build(seed=0))
+        return self._has_batchnorm
+
+    def _build(self, seed: int | None = None):
         shape = self._input_shape
         if shape is None:
             raise RuntimeError("input shape unknown")  # set in run() for federated evaluation
         num_outputs = next(iter(self.clients.values())).num_classes
-        model = build_model(self.model_name, input_shape=shape, num_outputs=num_outputs, seed=self.cfg.seed * 1000 + cycle)
-        return ArrayRecord(model.state_dict())
+        return build_model(self.model_name, input_shape=shape, num_outputs=num_outputs, seed=seed)
+
+    def recompute_batchnorm(self, arrays: ArrayRecord) -> ArrayRecord:
+        """Install the clients' pooled BatchNorm statistics of ``arrays`` (see fal_shared.batchnorm)."""
+        content = RecordDict({"global-model": arrays, "config": ConfigRecord({})})
+        replies = self.messenger.send("query.bn_stats", {p: content for p in self.clients})
+        parts = [{k: v.numpy() for k, v in reply["moments"].items()} for reply in replies.values()]
+        state = install_statistics(arrays.to_torch_state_dict(), pooled_statistics(parts))
+        return ArrayRecord(state)
 
     def evaluate(self, arrays: ArrayRecord, client_model_key: str | None = None) -> dict[str, Any]:
         """Evaluate ``arrays``, or (``client_model_key``) the model each client keeps under that state key."""
@@ -312,8 +330,9 @@ class Experiment:
             model = build_model(self.model_name, input_shape=self.test.input_shape, num_outputs=num_outputs)
             model.load_state_dict(arrays.to_torch_state_dict())
             result = evaluate(
-                model, self.test.x, self.test.y, num_classes=self.test.num_classes, batch_size=self.cfg.score_batch_size,
-                device=self.device, task=self.test.task, normalize=self.test.normalize,
+                model, DEVICE_CACHE.get(self.test.x, self.device), self.test.y, num_classes=self.test.num_classes,
+                batch_size=self.cfg.score_batch_size, device=self.device, task=self.test.task,
+                normalize=self.test.normalize, precision=self.cfg.precision,
             )
             result["where"] = "central"
         else:
@@ -369,6 +388,10 @@ class Experiment:
                 arrays = result.arrays
                 seconds["train"] = time.perf_counter() - t0
                 seconds["train-client-compute-sum"] = float(np.sum(fedavg.client_seconds))
+                if cfg.bn_statistics == "recompute" and self.has_batchnorm:
+                    t0 = time.perf_counter()
+                    arrays = self.recompute_batchnorm(arrays)
+                    seconds["bn-statistics"] = time.perf_counter() - t0
             else:  # nothing to train on (FedAvg would divide by zero examples) or a closed-form strategy
                 rounds = 0
                 seconds["train"] = 0.0

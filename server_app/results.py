@@ -21,6 +21,7 @@ __all__ = ["ResultsRecorder"]
 class ResultsRecorder:
     def __init__(self, folder: Path, *, run_name: str, config: dict[str, Any]) -> None:
         self.folder = folder
+        self._start = time.time()
         folder.mkdir(parents=True, exist_ok=True)
         self.data: dict[str, Any] = {
             "run-name": run_name,
@@ -59,8 +60,7 @@ class ResultsRecorder:
         self.data["status"] = status
         self.data["error"] = error
         self.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        if totals:
-            self.data["totals"] = totals
+        self.data["totals"] = {**(totals or self.data.get("totals", {})), "wall-seconds": time.time() - self._start}
         self.flush()
 
     def flush(self) -> None:
