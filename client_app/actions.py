@@ -128,6 +128,8 @@ def setup(session: ClientSession, content: RecordDict) -> RecordDict:
         "input-shape": list(session.data.input_shape),
         "ledger": str(session.ledger_path),
     }
+    if len(session.ledger.pending_ids()):  # people give the initial labels: the server waits for them
+        config["pending"] = len(session.ledger.pending_ids())
     if session.cfg.record_label_histograms:
         config["label-histogram"] = session.label_histogram()
     return _reply(config, {"compute-seconds": time.perf_counter() - start})

@@ -87,7 +87,7 @@ class ClientSession:
         count = self.cfg.initial_count(n)
         rng = np.random.default_rng([self.cfg.seed, self.partition_id, 0])
         chosen = np.sort(self.data.ids[rng.choice(n, size=count, replace=False)]) if count else np.zeros(0, np.int64)
-        self.buy(chosen, cycle=0, strategy="initial-random", token=INITIAL_TOKEN)
+        self.buy(chosen, cycle=0, strategy="initial-random", token=INITIAL_TOKEN, can_wait=True)
 
     @property
     def person_oracle(self) -> bool:

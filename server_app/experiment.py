@@ -200,6 +200,7 @@ class Experiment:
             before_retry=self.refresh_nodes,
         )
         self.clients: dict[int, ClientInfo] = {}
+        self.pending_at_setup: dict[int, int] = {}  # initial labels a person has yet to give, by partition id
         self.device = pick_device(cfg.device)
         self.test = test_data(cfg) if cfg.evaluation == "central" else None
         self.model_name = cfg.resolved_model()
@@ -249,6 +250,7 @@ class Experiment:
                 input_shape=tuple(int(v) for v in r["input-shape"]),
             )
             found[pid] = (info, int(r["num-partitions"]))
+            self.pending_at_setup[pid] = int(r.get("pending", 0))
         return found
 
     def discover(self) -> None:
@@ -385,6 +387,9 @@ class Experiment:
         total_data = sum(c.data_size for c in self.clients.values())
         start, stage = 0, ""
         if self.resume is None:
+            if any(self.pending_at_setup.values()):  # people give the initial labels too
+                waited = wait_for_labels(self.messenger, self.clients, cfg, self.pending_at_setup, run_name=self.run_name)
+                self.recorder.data["initial-labeling"] = waited
             self.recorder.set_clients({
                 str(p): {"node-id": c.node_id, "data-size": c.data_size, "initial-labeled": c.labeled} for p, c in self.clients.items()
             })
