@@ -85,11 +85,14 @@ class InProcessGrid(Grid):
         return replies
 
 
-def run_inprocess(overrides: dict[str, Any], *, num_clients: int | None = None) -> dict[str, Any]:
+def run_inprocess(
+    overrides: dict[str, Any], *, num_clients: int | None = None, node_configs: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Run a whole experiment in this process (tests and benchmarks).
 
     ``overrides`` are run-config keys; ``num-clients`` nodes are created with
-    partition ids 0..N-1. Returns the results dict (also written to output-dir).
+    partition ids 0..N-1 (plus ``node_configs[i]``, e.g. an oracle). Returns the
+    results dict (also written to output-dir).
     """
     from client_app.app import app as client_app
     from fal_shared.config import RunConfig
@@ -98,5 +101,6 @@ def run_inprocess(overrides: dict[str, Any], *, num_clients: int | None = None) 
     run_config = {**RunConfig().to_flower(), **overrides}
     n = int(num_clients or run_config["num-clients"])
     run_config["num-clients"] = n
-    grid = InProcessGrid(client_app, run_config, [{"partition-id": i, "num-partitions": n} for i in range(n)])
+    extra = node_configs or [{}] * n
+    grid = InProcessGrid(client_app, run_config, [{"partition-id": i, "num-partitions": n, **extra[i]} for i in range(n)])
     return run_experiment(grid, run_config)
