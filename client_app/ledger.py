@@ -230,23 +230,21 @@ class LabelLedger:
         query = self._pending.get(query_token, {})
         new_entries, new_skips = [], []
         seen: set[int] = set()
-        for sid, label, by, at in labels:
+        answers = [(sid, label, "", by, at) for sid, label, by, at in labels]
+        answers += [(sid, None, reason, by, at) for sid, reason, by, at in skips]
+        for sid, label, reason, by, at in answers:
             sid = int(sid)
             done = self._resolution(sid)
+            what = "skip" if label is None else f"label {label:g}"
             if done or sid in seen:
-                report.ignored.append(f"sample {sid}: {done or 'answered twice'}; label {label:g} ignored")
+                report.ignored.append(f"sample {sid}: {done or 'answered twice'}; {what} ignored")
                 continue
             seen.add(sid)
-            new_entries.append(LedgerEntry(sid, float(label), int(query.get("cycle", -1)), str(query.get("strategy", "")),
-                                           query_token, by, at or utc_now()))
-        for sid, reason, by, at in skips:
-            sid = int(sid)
-            done = self._resolution(sid)
-            if done or sid in seen:
-                report.ignored.append(f"sample {sid}: {done or 'answered twice'}; skip ignored")
-                continue
-            seen.add(sid)
-            new_skips.append(Skip(sid, query_token, reason, by, at or utc_now()))
+            if label is None:
+                new_skips.append(Skip(sid, query_token, reason, by, at or utc_now()))
+            else:
+                new_entries.append(LedgerEntry(sid, float(label), int(query.get("cycle", -1)),
+                                               str(query.get("strategy", "")), query_token, by, at or utc_now()))
         if new_entries or new_skips:
             with self._transaction():
                 self._entries.extend(new_entries)

@@ -35,6 +35,7 @@ class InProcessGrid(Grid):
         self.down: set[int] = set()  # node ids that do not answer (tests of failures)
         self.fail_next: dict[int, str] = {}  # node id -> error reason for its next message
         self.drop_reply_next: set[int] = set()  # node ids whose next reply is lost after the client handled it
+        self.fail_at: dict[tuple[str, int], str] = {}  # (message type, n-th message of that type) -> error reason
         self.log: list[tuple[str, int]] = []
 
     def restart_node(self, node_id: int) -> int:
@@ -70,6 +71,9 @@ class InProcessGrid(Grid):
             self.log.append((msg.metadata.message_type, node))
             if node in self.down or node not in self.contexts:
                 continue
+            nth = sum(1 for kind, _ in self.log if kind == msg.metadata.message_type)
+            if (msg.metadata.message_type, nth) in self.fail_at:
+                self.fail_next[node] = self.fail_at.pop((msg.metadata.message_type, nth))
             if node in self.fail_next:
                 reason = self.fail_next.pop(node)
                 replies.append(Message(Error(code=0, reason=reason), reply_to=msg))

@@ -247,22 +247,11 @@ def test_a_run_that_crashed_in_its_query_phase_resumes_there_with_the_same_numbe
     reference = run_inprocess({**overrides, "run-name": "reference", "state-dir": str(tmp_path / "s2")}, num_clients=2)
     run_config = {**RunConfig().to_flower(), **overrides, "num-clients": 2}
     grid = _grid(run_config, {})
-    send = grid.send_and_receive
-
-    def crash_second_select(messages, *, timeout=None):
-        messages = list(messages)
-        if messages and messages[0].metadata.message_type == "query.select" and not getattr(grid, "_crashed", False):
-            if sum(1 for kind, _ in grid.log if kind == "query.select") >= 2:  # cycle 1's select
-                grid._crashed = True
-                grid.fail_next[messages[1].metadata.dst_node_id] = "RuntimeError: power cut"
-        return send(messages, timeout=timeout)
-
-    grid.send_and_receive = crash_second_select
+    grid.fail_at[("query.select", 4)] = "RuntimeError: power cut"  # partition 1's select of cycle 1
     with pytest.raises(Exception, match="power cut"):
         run_experiment(grid, run_config)
     saved = json.loads((Path(small_run["output-dir"]) / "test-run" / "checkpoint.json").read_text())
     assert (saved["cycle"], saved["stage"]) == (1, "query")
-    grid.send_and_receive = send
     results = run_experiment(grid, run_config)  # partition 0 replays its cycle-1 choice, partition 1 makes it
     assert results["status"] == "completed" and len(results["resumed"]) == 1
     assert [c["evaluation"]["accuracy"] for c in results["cycles"]] == [c["evaluation"]["accuracy"] for c in reference["cycles"]]
