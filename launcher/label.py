@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import getpass
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     im = sub.add_parser("import", help="import a filled labels.csv")
     im.add_argument("csv", type=Path)
     im.add_argument("--state-dir", default=default_state, help="the node's state-dir (default: ~/.fal-state)")
-    im.add_argument("--labeler", default=getpass.getuser(), help="who labeled, for rows without a labeler (default: you)")
+    im.add_argument("--labeler", default=os.environ.get("USER", ""), help="who labeled, for rows without a labeler (default: $USER)")
     args = parser.parse_args(argv)
     state_dir = Path(args.state_dir).expanduser()
     try:

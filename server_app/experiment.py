@@ -159,6 +159,8 @@ class _Phase:
             info.labeled = int(result["labeled"])
             info.pool_size = int(result["pool-size"])
             self.pending[pid] = int(result.get("pending", 0))
+            for note in result.get("notes", []):  # e.g. the labeling tool was unreachable: asked again later
+                log.warning("partition %d: %s", pid, note)
             if "label-histogram" in result:
                 info.label_histogram = [int(v) for v in result["label-histogram"]]
             metrics = reply.metric_records.get("metrics")
