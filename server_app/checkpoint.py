@@ -41,7 +41,7 @@ _VERSION = 1
 #: difference would make the resumed run a different experiment
 MAY_CHANGE_ON_RESUME = frozenset({
     "label-poll-seconds", "label-wait-seconds", "label-wait-quorum", "node-wait-seconds",
-    "reply-timeout-seconds", "query-retries", "device", "client-threads", "state-dir",
+    "reply-timeout-seconds", "query-retries", "device", "client-threads",
 })
 
 
