@@ -35,6 +35,7 @@ import numpy as np
 __all__ = ["RunResult", "load_runs", "write_report", "plot_curves", "paired_wtl", "main"]
 
 LOWER_IS_BETTER = {"mse", "median-squared-error"}
+TIME_KEYS = ("train", "train-client-compute-sum", "bn-statistics", "evaluate", "query", "query-client-compute-sum")
 P_VALUE = 0.05
 
 
@@ -289,6 +290,13 @@ def write_report(folder: Path, *, reference: str | None = None, metric: str | No
                 "wtl": wtl, "p-end": p, "query-seconds": float(q[:, 0].mean()), "query-mb": float(q[:, 1].mean()),
                 "total-mb": float(q[:, 2].mean()), "run-seconds": float(wall),
             })
+        lines += ["", "Where the time of a run goes (s, mean over seeds; client compute is summed over clients):", "",
+                  "| method | run | train | client train compute | BN statistics | evaluate | query | client query compute |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for m in methods:
+            t = {k: np.mean([sum(c.get("seconds", {}).get(k, 0.0) for c in r.cycles) for r in by_method[m]]) for k in TIME_KEYS}
+            wall = np.nanmean([r.wall_seconds for r in by_method[m]])
+            lines.append(f"| {m} | {wall:.0f} | " + " | ".join(f"{t[k]:.1f}" for k in TIME_KEYS) + " |")
         png = out / f"curves-{_slug(group)}.png"
         plot_curves(by_method, metric, png, f"{manifest.get('name', folder.name)}: {label}")
         plots.append(png)

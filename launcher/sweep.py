@@ -298,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=None, help="sweep folder (default: ~/fal-results/sweeps/<name>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="run-config key for every run, e.g. data-root=/data/mnist (repeatable; wins over the file)")
+    parser.add_argument("--runtime", choices=["inprocess", "simulation"], default=None,
+                        help="override the sweep file's runtime (use another --output: the runtime is not part of a run's config)")
     parser.add_argument("--scheduler", choices=["ray", "processes"], default="ray",
                         help="ray (default) or a local process pool where Ray is not installed")
     parser.add_argument("--address", default=None, help="an existing Ray cluster (e.g. auto after `ray start --head`)")
@@ -310,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         sweep = read_sweep(args.sweep)
+        if args.runtime:
+            sweep.settings.runtime = args.runtime
         output = Path(args.output or Path.home() / "fal-results" / "sweeps" / sweep.name).expanduser().resolve()
         sweep.expand(output, _parse_set(args.set))
         _check_data(sweep)

@@ -226,3 +226,10 @@ def test_report_without_sweep_manifest_groups_by_strategy(tmp_path):
     text = write_report(tmp_path)["markdown"].read_text()
     assert "| random | 2 | 50.00 +- 0.00 | 60.00 +- 0.00 |" in text and "| entropy | 2 |" in text
     assert math.isfinite(float(text.count("|")))
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiments" / "sweeps").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_sweep_file_expands_into_valid_runs(path, tmp_path):
+    sweep = load_sweep(path, tmp_path / "out", {"data-root": str(tmp_path)})
+    assert sweep.runs and len({r.name for r in sweep.runs}) == len(sweep.runs)
+    assert all(r.config["data-root"] == str(tmp_path) for r in sweep.runs)  # no machine-specific path inside
