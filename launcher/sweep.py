@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fal_shared.config import ConfigError, toml_value
+from fal_shared.config import ConfigError, RunConfig, toml_value
 from launcher.sweep_spec import RunSpec, Sweep, read_sweep
 
 __all__ = ["main", "execute_run", "run_status"]
@@ -126,7 +126,11 @@ def _finished(spec: RunSpec) -> bool:
     if status != "completed":
         return False
     recorded = json.loads(path.read_text()).get("config", {})
-    changed = sorted(k for k in set(recorded) | set(spec.config) if recorded.get(k) != spec.config.get(k))
+    defaults = RunConfig().to_flower()  # a key added to the project since the run: its default is what ran
+    changed = sorted(
+        k for k in set(recorded) | set(spec.config)
+        if recorded.get(k, defaults.get(k)) != spec.config.get(k, defaults.get(k))
+    )
     if changed:
         detail = ", ".join(f"{k}: {recorded.get(k)!r} -> {spec.config.get(k)!r}" for k in changed[:5])
         raise ConfigError(
