@@ -38,6 +38,13 @@ __all__ = ["LabelLedger", "LedgerEntry", "LedgerError", "Skip", "AnswerReport", 
 
 _VERSION = 2
 
+# What each ledger file held when this process last read or wrote it, keyed by path and validated by the
+# file's (inode, mtime, size): every message re-reads its ledger (a deployed SuperNode may run each message
+# in a new process, and the file is the truth), but in a long-lived process (simulation, in-process, sweeps)
+# an unchanged file need not be parsed again - at paper scale that is thousands of messages per run.
+# An atomic rewrite by anyone else changes the inode, so a stale entry is never used.
+_READ_CACHE: dict[str, tuple[tuple[int, int, int], tuple]] = {}
+
 
 def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -300,8 +307,27 @@ class LabelLedger:
             "skipped": [[s.sample_id, s.query_token, s.reason, s.by, s.at] for s in self._skipped.values()],
         }
         atomic_write_text(self.path, json.dumps(payload))
+        self._remember()
+
+    def _file_key(self) -> tuple[int, int, int]:
+        st = self.path.stat()
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def _remember(self) -> None:
+        state = (tuple(self._entries), {k: tuple(v) for k, v in self._tokens.items()},
+                 {k: dict(v) for k, v in self._pending.items()}, dict(self._skipped))
+        _READ_CACHE[str(self.path)] = (self._file_key(), state)
 
     def _load(self) -> None:
+        cached = _READ_CACHE.get(str(self.path))
+        if cached is not None and cached[0] == self._file_key():
+            entries, tokens, pending, skipped = cached[1]
+            self._entries = list(entries)
+            self._tokens = {k: list(v) for k, v in tokens.items()}
+            self._pending = {k: dict(v) for k, v in pending.items()}
+            self._skipped = dict(skipped)
+            self._ids = {e.sample_id for e in self._entries}
+            return
         try:
             payload = json.loads(self.path.read_text())
             if payload.get("version") not in (1, _VERSION):
@@ -322,3 +348,4 @@ class LabelLedger:
         unknown = [t for t in self._pending if t not in self._tokens]
         if unknown:
             raise LedgerError(f"label ledger {self.path} has pending queries {unknown} with no chosen ids")
+        self._remember()
