@@ -281,6 +281,20 @@ def _run_with_processes(todo: list[RunSpec], sweep: Sweep, logs: Path, args: arg
     return results
 
 
+def _select(runs: list[RunSpec], where: list[str]) -> list[RunSpec]:
+    """The runs whose grid values match every ``axis=value`` (the strategy axis matches the method name)."""
+    for item in where:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--where: expected axis=value, got {item!r}")
+        if key != "strategy" and all(key not in r.axes for r in runs):
+            raise ConfigError(f"--where: {key!r} is not a grid axis of this sweep")
+        runs = [r for r in runs if (r.method if key == "strategy" else str(r.axes.get(key))) == value]
+    if not runs:
+        raise ConfigError(f"--where {' '.join(where)}: no run of the sweep matches")
+    return runs
+
+
 def _parse_set(values: list[str]) -> dict[str, Any]:
     import tomllib
 
@@ -310,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance / pool (default: all)")
     parser.add_argument("--num-gpus", type=int, default=None, help="GPUs of the local Ray instance (default: all)")
     parser.add_argument("--progress-seconds", type=float, default=30.0, help="how often the progress line is refreshed")
+    parser.add_argument("--where", action="append", default=[], metavar="AXIS=VALUE",
+                        help="run only the grid points with this value (repeatable), e.g. --where alpha=0.1 --where strategy=ahfal")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and what would be skipped, run nothing")
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     args = parser.parse_args(argv)
@@ -320,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             sweep.settings.runtime = args.runtime
         output = Path(args.output or Path.home() / "fal-results" / "sweeps" / sweep.name).expanduser().resolve()
         sweep.expand(output, _parse_set(args.set))
+        sweep.runs = _select(sweep.runs, args.where)
         _check_data(sweep)
         todo = [r for r in sweep.runs if not _finished(r)]
     except (ConfigError, ValueError, OSError) as err:

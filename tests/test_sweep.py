@@ -233,3 +233,14 @@ def test_every_shipped_sweep_file_expands_into_valid_runs(path, tmp_path):
     sweep = load_sweep(path, tmp_path / "out", {"data-root": str(tmp_path)})
     assert sweep.runs and len({r.name for r in sweep.runs}) == len(sweep.runs)
     assert all(r.config["data-root"] == str(tmp_path) for r in sweep.runs)  # no machine-specific path inside
+
+
+def test_where_selects_a_slice_of_the_grid(tmp_path, capsys):
+    from launcher.sweep import main
+
+    sweep_file = _write(tmp_path, TINY)
+    assert main([str(sweep_file), "--output", str(tmp_path / "o"), "--dry-run", "--where", "strategy=random"]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs in" in out and "random-seed1" in out and "entropy-local" not in out
+    assert main([str(sweep_file), "--output", str(tmp_path / "o"), "--dry-run", "--where", "alpha=0.1"]) == 2
+    assert "not a grid axis" in capsys.readouterr().err
