@@ -45,6 +45,7 @@ def _browser():
 
 def test_a_label_given_on_the_label_studio_page_reaches_the_oracle(label_studio, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -68,7 +69,9 @@ def test_a_label_given_on_the_label_studio_page_reaches_the_oracle(label_studio,
 
     browser = _browser()
     try:
-        wait = WebDriverWait(browser, 60)
+        # the page re-renders while it loads: an element found a moment ago may be replaced (stale), so the
+        # waits look it up again instead of failing
+        wait = WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,))
         browser.get(f"{label_studio.url}/user/login/")
         wait.until(ec.presence_of_element_located((By.NAME, "email"))).send_keys(label_studio.user)
         browser.find_element(By.NAME, "password").send_keys(label_studio.password)
@@ -82,10 +85,21 @@ def test_a_label_given_on_the_label_studio_page_reaches_the_oracle(label_studio,
         browser.save_screenshot(str(shot))
         if os.environ.get("FAL_SCREENSHOT"):
             shutil.copy(shot, Path(os.environ["FAL_SCREENSHOT"]))
-        element = wait.until(ec.element_to_be_clickable(choice))
-        browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
-        wait.until(ec.element_to_be_clickable(choice)).click()
-        wait.until(ec.element_to_be_clickable((By.XPATH, "//button[normalize-space(.)='Submit']"))).click()
+        def click(locator, scroll=False):
+            def attempt(b):
+                try:
+                    element = ec.element_to_be_clickable(locator)(b)
+                    if element:
+                        if scroll:
+                            b.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+                        element.click()
+                    return bool(element)
+                except StaleElementReferenceException:
+                    return False
+            wait.until(attempt)
+
+        click(choice, scroll=True)
+        click((By.XPATH, "//button[normalize-space(.)='Submit']"))
         deadline = time.monotonic() + 30
         answers = []
         while not answers and time.monotonic() < deadline:

@@ -168,13 +168,17 @@ def _completed(output: Path) -> dict[str, float]:
 
 @pytest.mark.ray
 def test_sweep_on_ray_is_killed_resumed_and_reported(tmp_path):
-    sweep_file = _write(tmp_path, TINY)
+    # the entropy runs train 40 times longer, so the sweep is still busy with them when the first random run
+    # completes (on a fast machine the tiny runs take a fraction of a second each)
+    slow = TINY.replace('query-model = "local" }', 'query-model = "local", local-epochs = 40 }')
+    assert slow != TINY
+    sweep_file = _write(tmp_path, slow)
     output = tmp_path / "sweep-out"
     first = _start_sweep(sweep_file, output, tmp_path / "first.log")
     try:
         deadline = time.time() + 600
         while not _completed(output) and time.time() < deadline and first.poll() is None:
-            time.sleep(0.5)
+            time.sleep(0.05)
     finally:  # a crash: the whole process group (driver, Ray, workers) dies at once
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
