@@ -226,6 +226,8 @@ def write_report(folder: Path, *, reference: str | None = None, metric: str | No
     manifest, runs = load_runs(folder, compare)
     out = Path(out or folder / "report")
     out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("curves-*.png"):  # plots of another grouping would otherwise sit beside the new ones
+        old.unlink()
     settings = manifest.get("settings", {})
     reference = reference or settings.get("reference", "random")
     done = [r for r in runs if r.status == "completed" and r.cycles]

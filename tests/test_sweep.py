@@ -266,6 +266,10 @@ def test_report_compares_along_another_axis(tmp_path):
     assert "| bn-statistics=recompute | 61.00 +- 1.00 |" in text and "| 2/0/0 |" in text
     with pytest.raises(ValueError, match="'alpha' is not a grid axis"):
         write_report(tmp_path, compare="alpha")
+    # grouped by method instead: the plots of the other grouping are replaced, not left beside the new one
+    write_report(tmp_path, compare="strategy")
+    assert sorted(p.name for p in (tmp_path / "report").glob("curves-*.png")) == [
+        "curves-bn-statisticsaverage.png", "curves-bn-statisticsrecompute.png"]
 
 
 def test_sweep_file_compare_axis_is_checked(tmp_path):
