@@ -240,12 +240,15 @@ def write_report(folder: Path, *, reference: str | None = None, metric: str | No
     unit = "" if lower else " (%)"
     lines = [f"# Sweep report: {manifest.get('name', folder.name)}", ""]
     walls = [inv.get("wall-seconds") for inv in manifest.get("invocations", []) if inv.get("wall-seconds") is not None]
+    interrupted = len(manifest.get("invocations", [])) - len(walls)  # killed before the end (or still running)
     machine = manifest.get("machine", {})
     lines.append(
         f"{len(runs)} runs: {len(done)} completed, {sum(r.status == 'failed' for r in runs)} failed, "
         f"{sum(r.status not in ('completed', 'failed') for r in runs)} not finished. "
         + (f"Sweep wall time {sum(walls) / 60:.1f} min over {len(walls)} invocation(s)" if walls else "")
-        + (f" on {machine.get('host')} ({machine.get('cpus')} CPUs)." if machine else ".")
+        + (f" on {machine.get('host')} ({machine.get('cpus')} CPUs)" if machine else "")
+        + (f", not counting {interrupted} interrupted invocation(s) that recorded no wall time" if interrupted else "")
+        + f". The completed runs' own times add up to {np.nansum([r.wall_seconds for r in done]) / 60:.1f} min."
     )
     lines += ["", f"Metric: {metric}{unit}, mean +- std over seeds (sample std). Paired t-tests against "
               f"`{reference}` over seeds at every checkpoint, p < {P_VALUE}: wins/ties/losses (W/T/L).", ""]

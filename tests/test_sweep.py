@@ -206,6 +206,7 @@ def test_sweep_on_ray_is_killed_resumed_and_reported(tmp_path):
             assert json.loads(",".join(row[8:]).strip('"').replace('""', '"')) == pytest.approx(values)
     manifest = json.loads((output / "sweep.json").read_text())
     assert len(manifest["invocations"]) == 2 and manifest["invocations"][-1]["failed"] == []
+    assert "not counting 1 interrupted invocation(s)" in (output / "report" / "report.md").read_text()
     third = subprocess.run([sys.executable, "-m", "launcher.sweep", str(sweep_file), "--output", str(output), "--dry-run"],
                            cwd=REPO, capture_output=True, text=True, timeout=300)
     assert "4 completed already (skipped), 0 to run" in third.stdout
