@@ -110,6 +110,9 @@ class FALStrategy(ABC):
     #: whether clients buy ``initial-labeled-fraction`` random labels before cycle 0
     #: (FALE selects its whole budget in one pass and needs none)
     initial_labels: ClassVar[bool] = True
+    #: the local training objective the clients use with ``local-objective=auto``, by name in
+    #: :data:`fal_shared.objectives.OBJECTIVES` (KAFAL: ``kcfu``, FEAL: ``edl``)
+    objective: ClassVar[str] = "cross-entropy"
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
