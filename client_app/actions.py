@@ -139,6 +139,8 @@ def setup(session: ClientSession, content: RecordDict) -> RecordDict:
         "input-shape": list(session.data.input_shape),
         "ledger": str(session.ledger_path),
     }
+    if len(session.ledger.pending_ids()):  # people give the initial labels: the server waits for them
+        config["pending"] = len(session.ledger.pending_ids())
     if session.cfg.record_label_histograms:
         config["label-histogram"] = session.label_histogram()
     return _reply(config, {"compute-seconds": time.perf_counter() - start})
@@ -201,15 +203,27 @@ def select(session: ClientSession, content: RecordDict) -> RecordDict:
             task=session.data.task,
         )
         outcome = run_selection(get_selector(str(conf["selector"])), ctx)
-        bought = session.buy(outcome.ids, cycle=cycle, strategy=str(conf["strategy"]), token=token)
+        hints = None
+        if session.person_oracle:  # what helps the person: pick order, the global model's guess
+            from client_app.labeling import label_hints
+
+            global_model = session.model_from(content["global-model"]) if "global-model" in content.array_records else None
+            hints = label_hints(session, outcome.ids, global_model)
+        bought = session.buy(outcome.ids, cycle=cycle, strategy=str(conf["strategy"]), token=token,
+                             hints=hints, can_wait=True)
         select_seconds, diagnostics, timings = outcome.seconds, outcome.diagnostics, outcome.timings
     else:
         select_seconds, diagnostics, timings = 0.0, {"replayed": True}, {}
     config = {
         "selected-ids": int_list(bought),
         "labeled": len(session.ledger),
-        "pool-size": len(session.data.ids) - len(session.ledger),
+        "pool-size": len(session.data.ids) - len(session.ledger.unavailable_ids()),
     }
+    pending = len(session.ledger.pending_ids())
+    if pending:  # people label here: the server waits for them (query.labels)
+        config["pending"] = pending
+    if session.oracle_notes:
+        config["notes"] = session.oracle_notes
     for key, value in diagnostics.items():
         if isinstance(value, (int, float, str, bool)):
             config[f"diag-{key}"] = value
@@ -218,3 +232,25 @@ def select(session: ClientSession, content: RecordDict) -> RecordDict:
     metrics = {"compute-seconds": time.perf_counter() - start, "selection-seconds": select_seconds}
     metrics.update({f"selection-seconds-{name}": float(v) for name, v in timings.items()})  # a selector's own phases
     return _reply(config, metrics)
+
+
+@query_action("labels")
+def labels(session: ClientSession, content: RecordDict) -> RecordDict:
+    """Read the labels people gave since the last look, record them, say how many are still pending.
+
+    Sent by the server while it waits for labels (``server_app.labels``); a site
+    whose oracle answers at once has nothing pending and answers at once.
+    """
+    start = time.perf_counter()
+    report = session.collect_labels()
+    config = {
+        "pending": len(session.ledger.pending_ids()),
+        "new-labels": len(report.labeled),
+        "skipped-ids": int_list(report.skipped),
+        "labeled": len(session.ledger),
+        "pool-size": len(session.data.ids) - len(session.ledger.unavailable_ids()),
+        "notes": [str(n) for n in report.notes],
+    }
+    if session.cfg.record_label_histograms:
+        config["label-histogram"] = session.label_histogram()
+    return _reply(config, {"compute-seconds": time.perf_counter() - start})

@@ -17,7 +17,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from torch import nn
 
 from client_app.ledger import LabelLedger
-from client_app.oracle import GroundTruthOracle, Oracle
+from client_app.oracle import LabelRequest, Oracle, OracleUnavailable, PersonOracle
+from client_app.oracles import make_oracle
 from fal_shared.batchnorm import recompute_statistics
 from fal_shared.config import RunConfig, parse_run_config
 from fal_shared.experiment_data import ClientData, client_data
@@ -61,7 +62,8 @@ class ClientSession:
         state_root = Path(node_state_dir).expanduser() if node_state_dir else self.cfg.state_root()
         self.ledger_path = state_root / _safe(run_name) / f"partition-{self.partition_id}.json"
         self.ledger = LabelLedger(self.ledger_path, task=self.data.task)
-        self.oracle: Oracle = GroundTruthOracle(self.data.ids, self.data.y)
+        self.oracle: Oracle | PersonOracle = make_oracle(dict(context.node_config), self.data, state_root)
+        self.oracle_notes: list[str] = []  # problems with the labeling tool, for the server's log
         self.device = pick_device(self.cfg.device)
         self.model_name = self.cfg.resolved_model()
 
@@ -81,11 +83,11 @@ class ClientSession:
         return ids, self.inputs(rows), self.ledger.labels()
 
     def pool(self) -> tuple[np.ndarray, torch.Tensor]:
-        """(ids, x on the device) of the unlabeled pool."""
+        """(ids, x on the device) of the unlabeled pool (neither labeled nor pending nor skipped)."""
         mask = np.ones(len(self.data.ids), dtype=bool)
-        labeled = self.ledger.labeled_ids()
-        if len(labeled):
-            mask[self.data.rows(labeled)] = False
+        taken = self.ledger.unavailable_ids()
+        if len(taken):
+            mask[self.data.rows(taken)] = False
         return self.data.ids[mask], self.inputs(np.flatnonzero(mask))
 
     def ensure_initial_labels(self) -> None:
@@ -96,16 +98,77 @@ class ClientSession:
         count = self.cfg.initial_count(n)
         rng = np.random.default_rng([self.cfg.seed, self.partition_id, 0])
         chosen = np.sort(self.data.ids[rng.choice(n, size=count, replace=False)]) if count else np.zeros(0, np.int64)
-        self.buy(chosen, cycle=0, strategy="initial-random", token=INITIAL_TOKEN)
+        self.buy(chosen, cycle=0, strategy="initial-random", token=INITIAL_TOKEN, can_wait=True)
 
-    def buy(self, sample_ids: np.ndarray, *, cycle: int, strategy: str, token: str) -> np.ndarray:
-        """Ask the oracle for labels and record them atomically; idempotent per token."""
+    @property
+    def person_oracle(self) -> bool:
+        """Whether people label here (answers come later) rather than the simulation oracle."""
+        return isinstance(self.oracle, PersonOracle)
+
+    def buy(
+        self, sample_ids: np.ndarray, *, cycle: int, strategy: str, token: str,
+        hints: dict[int, dict[str, float]] | None = None, can_wait: bool = False,
+    ) -> np.ndarray:
+        """Ask the oracle for labels and record them atomically; idempotent per token.
+
+        With a person oracle the query is recorded as pending (durably, before
+        the labeling tool hears of it) and the labels arrive later
+        (:meth:`collect_labels`); only callers that can wait (``can_wait``: the
+        selection round) may use one.
+        """
         previous = self.ledger.purchase(token)
         if previous is not None:
             return previous
-        labels = self.oracle.label(sample_ids)
-        self.ledger.record(sample_ids, labels, cycle=cycle, strategy=strategy, query_token=token)
+        if not self.person_oracle:
+            labels = self.oracle.label(sample_ids)
+            self.ledger.record(sample_ids, labels, cycle=cycle, strategy=strategy, query_token=token,
+                               labeled_by=getattr(self.oracle, "name", ""))
+            return np.asarray(sample_ids, dtype=np.int64)
+        if not can_wait:
+            raise ValueError(
+                f"query {token!r} ({strategy}) uses its labels in the same round, but this node's oracle "
+                f"({self.oracle.name}) answers later; run this strategy with oracle=\"ground-truth\""
+            )
+        info = {"oracle": self.oracle.name, "task": self.data.task, "num-classes": self.data.num_classes,
+                "hints": {str(k): v for k, v in (hints or {}).items()}}
+        self.ledger.request(sample_ids, cycle=cycle, strategy=strategy, query_token=token, info=info)
+        request = self.label_request(token)
+        self.ledger.update_request(token, tool=self.oracle.describe(request))
+        try:
+            self.oracle.submit(request)
+        except OracleUnavailable as err:  # recorded: the next poll of the server creates the tasks
+            self.oracle_notes.append(f"query {token}: {err}; will try again")
         return np.asarray(sample_ids, dtype=np.int64)
+
+    def label_request(self, token: str) -> LabelRequest:
+        """What a person oracle needs for the pending query ``token`` (from the ledger alone)."""
+        query = self.ledger.pending_queries()[token]
+        data = self.data
+        image = feature = None
+        if data.task == "classification" and len(data.input_shape) == 3:
+            from client_app.labeling import image_png
+
+            scale = data.normalize[0] if data.normalize else 1 / 255
+            image = lambda sid: image_png(data.x[data.rows(np.array([sid]))[0]], scale)  # noqa: E731
+        else:
+            from client_app.labeling import feature_table
+
+            units = data.units[0] if data.units is not None else None
+            feature = lambda sid: feature_table(data.x[data.rows(np.array([sid]))[0]], units)  # noqa: E731
+        return LabelRequest(
+            run_name=self.run_name, partition_id=self.partition_id, token=token, cycle=int(query["cycle"]),
+            ids=[int(i) for i in query["ids"]], task=data.task, num_classes=data.num_classes,
+            hints={int(k): v for k, v in query.get("hints", {}).items()}, image=image, features=feature,
+        )
+
+    def collect_labels(self):
+        """Record what people answered to the pending queries (see :func:`client_app.labeling.collect`)."""
+        from client_app.labeling import collect
+
+        report = collect(self)
+        report.notes[:0] = self.oracle_notes
+        self.oracle_notes = []
+        return report
 
     def label_histogram(self) -> list[int]:
         return [int(v) for v in self.ledger.class_counts(self.data.num_classes)]

@@ -31,6 +31,7 @@ from fal_shared.settings.fairfal import FairfalSettings
 from fal_shared.settings.fale import FaleSettings
 from fal_shared.settings.feal import FealSettings
 from fal_shared.settings.kafal import KafalSettings
+from fal_shared.settings.labeling import LabelingSettings, NodeLabelingConfig
 
 __all__ = [
     "ConfigError",
@@ -210,6 +211,7 @@ class RuntimeSettings(_Base):
 
 class RunConfig(
     FealSettings, KafalSettings, FaleSettings, FairfalSettings, AhfalSettings, BaselineSettings,
+    LabelingSettings,
     RuntimeSettings, QuerySettings, TrainingSettings, ScheduleSettings, ExperimentSettings):
     """Every run-config key.
 
@@ -383,10 +385,11 @@ def pyproject_table() -> str:
     return "\n".join(f"{info.alias} = {toml_value(info.default)}" for _, info, _ in _fields())
 
 
-def settings_table() -> str:
-    """A markdown table of every key: name, default, unit, source, meaning."""
+def settings_table(model: type = RunConfig) -> str:
+    """A markdown table of every key of ``model``: name, default, unit, source, meaning."""
     rows = ["| key | default | unit | source | meaning |", "|---|---|---|---|---|"]
-    for _, info, extra in _fields():
+    for info in model.model_fields.values():
+        extra = info.json_schema_extra or {}
         default = toml_value(info.default)
         cells = [f"`{info.alias}`", f"`{default}`", extra.get("unit", ""), extra.get("source", ""), info.description or ""]
         rows.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
@@ -395,6 +398,7 @@ def settings_table() -> str:
 
 _TABLE_START, _TABLE_END = "<!-- run-config-table:start -->", "<!-- run-config-table:end -->"
 _STRATEGIES_START, _STRATEGIES_END = "<!-- strategies-table:start -->", "<!-- strategies-table:end -->"
+_NODE_START, _NODE_END = "<!-- node-config-table:start -->", "<!-- node-config-table:end -->"
 
 
 def strategies_table() -> str:
@@ -423,6 +427,8 @@ def write_generated(root: Path) -> None:
     text = _replace_between(readme.read_text(), _TABLE_START, _TABLE_END, settings_table())
     if _STRATEGIES_START in text:
         text = _replace_between(text, _STRATEGIES_START, _STRATEGIES_END, strategies_table())
+    if _NODE_START in text:
+        text = _replace_between(text, _NODE_START, _NODE_END, settings_table(NodeLabelingConfig))
     readme.write_text(text)
 
 

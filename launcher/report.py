@@ -35,6 +35,8 @@ import numpy as np
 __all__ = ["RunResult", "load_runs", "write_report", "plot_curves", "paired_wtl", "main"]
 
 LOWER_IS_BETTER = {"mse", "median-squared-error"}
+NOT_QUERY_PHASE = {"query.setup", "query.bn_stats"}  # query.* messages that are not the labeling phase
+TIME_KEYS = ("train", "train-client-compute-sum", "bn-statistics", "evaluate", "query", "query-client-compute-sum")
 P_VALUE = 0.05
 
 
@@ -75,11 +77,27 @@ def _wall(data: dict[str, Any]) -> float:
         return math.nan
 
 
-def load_runs(folder: Path) -> tuple[dict[str, Any], list[RunResult]]:
-    """The sweep manifest (or {}) and every run with a results file under ``folder``."""
+def _method_and_group(method: str, axes: dict[str, Any], compare: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """What a table row is (the method, or ``compare``'s value) and which table it is in (the other axes)."""
+    if compare == "strategy":
+        return method, tuple((k, v) for k, v in axes.items() if k != "seed")
+    label = f"{compare}={axes.get(compare)}"
+    rest = tuple((k, v) for k, v in axes.items() if k not in ("seed", compare))
+    return label, (("method", method), *rest)
+
+
+def load_runs(folder: Path, compare: str | None = None) -> tuple[dict[str, Any], list[RunResult]]:
+    """The sweep manifest (or {}) and every run with a results file under ``folder``.
+
+    ``compare`` (default: the sweep's ``compare`` setting, else ``strategy``) is the grid axis whose values
+    are the rows of a table; every other axis but the seed makes its own table.
+    """
     manifest_path = folder / "sweep.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    compare = compare or manifest.get("settings", {}).get("compare", "strategy")
     declared = {r["name"]: r for r in manifest.get("runs", [])}
+    if compare != "strategy" and declared and any(compare not in r["axes"] for r in declared.values()):
+        raise ValueError(f"compare: {compare!r} is not a grid axis of this sweep")
     root = folder / "runs" if (folder / "runs").is_dir() else folder
     runs = []
     for path in sorted(root.rglob("results.json")):
@@ -89,8 +107,9 @@ def load_runs(folder: Path) -> tuple[dict[str, Any], list[RunResult]]:
             continue  # left from an older version of the sweep
         entry = declared.get(name, {"method": data["config"].get("strategy", "?"), "axes": {"seed": data["config"].get("seed", 0)}})
         axes = entry["axes"]
+        method, group = _method_and_group(entry["method"], axes, compare)
         runs.append(RunResult(
-            name=name, method=entry["method"], group=tuple((k, v) for k, v in axes.items() if k != "seed"),
+            name=name, method=method, group=group,
             seed=int(axes.get("seed", data["config"].get("seed", 0))), status=data.get("status", "?"),
             error=data.get("error") or "", config=data["config"], cycles=data.get("cycles", []),
             wall_seconds=_wall(data),
@@ -98,8 +117,8 @@ def load_runs(folder: Path) -> tuple[dict[str, Any], list[RunResult]]:
     missing = sorted(set(declared) - {r.name for r in runs})
     for name in missing:  # declared but never started (or its folder was removed)
         entry = declared[name]
-        runs.append(RunResult(name, entry["method"], tuple((k, v) for k, v in entry["axes"].items() if k != "seed"),
-                              int(entry["axes"].get("seed", 0)), "missing", "no results file", {}, [], math.nan))
+        method, group = _method_and_group(entry["method"], entry["axes"], compare)
+        runs.append(RunResult(name, method, group, int(entry["axes"].get("seed", 0)), "missing", "no results file", {}, [], math.nan))
     return manifest, runs
 
 
@@ -147,14 +166,14 @@ def _mean_std(values: list[float], scale: float) -> str:
 
 
 def _query_totals(run: RunResult) -> tuple[float, float, float]:
-    """(query seconds, query MB, all MB) summed over the run's cycles."""
+    """(query seconds, query-phase MB, all MB) summed over the run's cycles (setup and BN rounds are not the query phase)."""
     q_s = sum(c.get("seconds", {}).get("query", 0.0) for c in run.cycles)
     q_b = tot_b = 0
     for c in run.cycles:
         for kind, t in c.get("traffic", {}).items():
             b = t.get("bytes-sent", 0) + t.get("bytes-received", 0)
             tot_b += b
-            q_b += b if kind.startswith("query.") else 0
+            q_b += b if kind.startswith("query.") and kind not in NOT_QUERY_PHASE else 0
     return q_s, q_b / 1e6, tot_b / 1e6
 
 
@@ -200,10 +219,11 @@ def plot_curves(runs_by_method: dict[str, list[RunResult]], metric: str, path: P
     plt.close(fig)
 
 
-def write_report(folder: Path, *, reference: str | None = None, metric: str | None = None, out: Path | None = None) -> dict[str, Path]:
+def write_report(folder: Path, *, reference: str | None = None, metric: str | None = None, out: Path | None = None,
+                 compare: str | None = None) -> dict[str, Path]:
     """Write ``report.md``, ``checkpoints.csv``, ``final.csv`` and ``curves-*.png``; their paths."""
     folder = Path(folder)
-    manifest, runs = load_runs(folder)
+    manifest, runs = load_runs(folder, compare)
     out = Path(out or folder / "report")
     out.mkdir(parents=True, exist_ok=True)
     settings = manifest.get("settings", {})
@@ -231,7 +251,7 @@ def write_report(folder: Path, *, reference: str | None = None, metric: str | No
     groups: dict[tuple, dict[str, list[RunResult]]] = defaultdict(lambda: defaultdict(list))
     for r in sorted(done, key=lambda r: (r.seed, r.name)):
         groups[r.group][r.method].append(r)
-    method_order = {m: i for i, m in enumerate(dict.fromkeys(e["method"] for e in manifest.get("runs", [])))}
+    method_order = {m: i for i, m in enumerate(dict.fromkeys(r.method for r in runs))}
     for group, by_method in groups.items():
         label = _group_label(group)
         methods = sorted(by_method, key=lambda m: (m != reference, method_order.get(m, 99), m))
@@ -289,6 +309,13 @@ def write_report(folder: Path, *, reference: str | None = None, metric: str | No
                 "wtl": wtl, "p-end": p, "query-seconds": float(q[:, 0].mean()), "query-mb": float(q[:, 1].mean()),
                 "total-mb": float(q[:, 2].mean()), "run-seconds": float(wall),
             })
+        lines += ["", "Where the time of a run goes (s, mean over seeds; client compute is summed over clients):", "",
+                  "| method | run | train | client train compute | BN statistics | evaluate | query | client query compute |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for m in methods:
+            t = {k: np.mean([sum(c.get("seconds", {}).get(k, 0.0) for c in r.cycles) for r in by_method[m]]) for k in TIME_KEYS}
+            wall = np.nanmean([r.wall_seconds for r in by_method[m]])
+            lines.append(f"| {m} | {wall:.0f} | " + " | ".join(f"{t[k]:.1f}" for k in TIME_KEYS) + " |")
         png = out / f"curves-{_slug(group)}.png"
         plot_curves(by_method, metric, png, f"{manifest.get('name', folder.name)}: {label}")
         plots.append(png)
@@ -320,12 +347,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", default=None, help="reference method of the paired tests (default: the sweep's)")
     parser.add_argument("--metric", default=None, help="accuracy | balanced-accuracy | mse (default: the sweep's, else by task)")
     parser.add_argument("--output", default=None, help="report folder (default: <folder>/report)")
+    parser.add_argument("--compare", default=None,
+                        help="grid axis whose values are compared in each table (default: the sweep's, else strategy)")
     args = parser.parse_args(argv)
     folder = Path(args.folder).expanduser()
     if not folder.is_dir():
         print(f"fal-report: no such folder {folder}", file=sys.stderr)
         return 2
-    paths = write_report(folder, reference=args.reference, metric=args.metric, out=Path(args.output) if args.output else None)
+    try:
+        paths = write_report(folder, reference=args.reference, metric=args.metric,
+                             out=Path(args.output) if args.output else None, compare=args.compare)
+    except ValueError as err:
+        print(f"fal-report: {err}", file=sys.stderr)
+        return 2
     print(paths["markdown"].read_text())
     print(f"fal-report: wrote {', '.join(str(p) for p in paths.values())}")
     return 0

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fal_shared.config import ConfigError, toml_value
+from fal_shared.config import ConfigError, RunConfig, toml_value
 from launcher.sweep_spec import RunSpec, Sweep, read_sweep
 
 __all__ = ["main", "execute_run", "run_status"]
@@ -126,7 +126,11 @@ def _finished(spec: RunSpec) -> bool:
     if status != "completed":
         return False
     recorded = json.loads(path.read_text()).get("config", {})
-    changed = sorted(k for k in set(recorded) | set(spec.config) if recorded.get(k) != spec.config.get(k))
+    defaults = RunConfig().to_flower()  # a key added to the project since the run: its default is what ran
+    changed = sorted(
+        k for k in set(recorded) | set(spec.config)
+        if recorded.get(k, defaults.get(k)) != spec.config.get(k, defaults.get(k))
+    )
     if changed:
         detail = ", ".join(f"{k}: {recorded.get(k)!r} -> {spec.config.get(k)!r}" for k in changed[:5])
         raise ConfigError(
@@ -277,6 +281,20 @@ def _run_with_processes(todo: list[RunSpec], sweep: Sweep, logs: Path, args: arg
     return results
 
 
+def _select(runs: list[RunSpec], where: list[str]) -> list[RunSpec]:
+    """The runs whose grid values match every ``axis=value`` (the strategy axis matches the method name)."""
+    for item in where:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--where: expected axis=value, got {item!r}")
+        if key != "strategy" and all(key not in r.axes for r in runs):
+            raise ConfigError(f"--where: {key!r} is not a grid axis of this sweep")
+        runs = [r for r in runs if (r.method if key == "strategy" else str(r.axes.get(key))) == value]
+    if not runs:
+        raise ConfigError(f"--where {' '.join(where)}: no run of the sweep matches")
+    return runs
+
+
 def _parse_set(values: list[str]) -> dict[str, Any]:
     import tomllib
 
@@ -298,20 +316,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=None, help="sweep folder (default: ~/fal-results/sweeps/<name>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="run-config key for every run, e.g. data-root=/data/mnist (repeatable; wins over the file)")
+    parser.add_argument("--runtime", choices=["inprocess", "simulation"], default=None,
+                        help="override the sweep file's runtime (use another --output: the runtime is not part of a run's config)")
     parser.add_argument("--scheduler", choices=["ray", "processes"], default="ray",
                         help="ray (default) or a local process pool where Ray is not installed")
     parser.add_argument("--address", default=None, help="an existing Ray cluster (e.g. auto after `ray start --head`)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance / pool (default: all)")
     parser.add_argument("--num-gpus", type=int, default=None, help="GPUs of the local Ray instance (default: all)")
     parser.add_argument("--progress-seconds", type=float, default=30.0, help="how often the progress line is refreshed")
+    parser.add_argument("--where", action="append", default=[], metavar="AXIS=VALUE",
+                        help="run only the grid points with this value (repeatable), e.g. --where alpha=0.1 --where strategy=ahfal")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and what would be skipped, run nothing")
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     args = parser.parse_args(argv)
     started = time.time()
     try:
         sweep = read_sweep(args.sweep)
+        if args.runtime:
+            sweep.settings.runtime = args.runtime
         output = Path(args.output or Path.home() / "fal-results" / "sweeps" / sweep.name).expanduser().resolve()
         sweep.expand(output, _parse_set(args.set))
+        sweep.runs = _select(sweep.runs, args.where)
         _check_data(sweep)
         todo = [r for r in sweep.runs if not _finished(r)]
     except (ConfigError, ValueError, OSError) as err:

@@ -10,6 +10,8 @@ A sweep file is TOML::
     cpus-per-run = 1                    # Ray resources of one run; torch threads = cpus-per-run
     gpus-per-run = 0.0                  # e.g. 0.25: four runs share one GPU
     reference = "random"                # the method every other is tested against (paired t-tests)
+    compare = "strategy"                # the axis whose values are a table's rows (e.g. "bn-statistics";
+                                        # then reference = "bn-statistics=average")
 
     [base]                              # run-config keys for every run (after the configs)
     train-subset-size = 12000
@@ -54,6 +56,7 @@ class SweepSettings(BaseModel):
     cpus_per_run: float = Field(1.0, alias="cpus-per-run", gt=0)
     gpus_per_run: float = Field(0.0, alias="gpus-per-run", ge=0)
     reference: str = "random"
+    compare: str = "strategy"
     metric: Literal["auto", "accuracy", "balanced-accuracy", "mse"] = "auto"
     minority_classes: int = Field(3, alias="minority-classes", ge=1)
     timeout_per_run: float = Field(7 * 24 * 3600.0, alias="timeout-per-run", gt=0)
@@ -92,11 +95,14 @@ class Sweep:
         if overrides:
             self.base.update(overrides)
         self.runs = _expand(self, output)
-        methods = {r.method for r in self.runs}
-        if len(methods) > 1 and self.settings.reference not in methods:
+        compare = self.settings.compare
+        if compare != "strategy" and compare not in self.grid:
+            raise ConfigError(f"{self.path} [sweep] compare: {compare!r} is not a [grid] axis; axes: {', '.join(self.grid)}")
+        rows = {r.method if compare == "strategy" else f"{compare}={r.axes[compare]}" for r in self.runs}
+        if len(rows) > 1 and self.settings.reference not in rows:
             raise ConfigError(
-                f"{self.path} [sweep] reference: {self.settings.reference!r} is not a method of this sweep; "
-                f"methods: {', '.join(sorted(methods))}"
+                f"{self.path} [sweep] reference: {self.settings.reference!r} is not one of the compared "
+                f"{'methods' if compare == 'strategy' else 'values'}: {', '.join(sorted(rows))}"
             )
         return self.runs
 

@@ -80,7 +80,7 @@ ahfal-dp5 = {{ strategy = "ahfal", ahfal-dp-epsilon = 5.0, record-label-histogra
 @pytest.mark.parametrize("text, message", [
     ('[grid]\nstrategy = ["random", "nope"]\nseed = [0]\n', "run 'nope-seed0': .*unknown strategy 'nope'"),
     ('[grid]\nstrategy = ["random"]\nalpha = []\n', r"\[grid\] alpha: an empty list"),
-    ('[sweep]\nreference = "entropy"\n[grid]\nstrategy = ["random", "badge"]\n', "reference: 'entropy' is not a method"),
+    ('[sweep]\nreference = "entropy"\n[grid]\nstrategy = ["random", "badge"]\n', "reference: 'entropy' is not one of the compared methods"),
     ('[sweep]\ncpus-per-run = 0\n', r"\[sweep\]: cpus-per-run"),
     ('[grids]\nseed = [0]\n', r"unknown table\(s\) \['grids'\]"),
     ('[sweep]\nconfigs = ["missing.toml"]\n', "configs: no such file"),
@@ -226,3 +226,47 @@ def test_report_without_sweep_manifest_groups_by_strategy(tmp_path):
     text = write_report(tmp_path)["markdown"].read_text()
     assert "| random | 2 | 50.00 +- 0.00 | 60.00 +- 0.00 |" in text and "| entropy | 2 |" in text
     assert math.isfinite(float(text.count("|")))
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiments" / "sweeps").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_sweep_file_expands_into_valid_runs(path, tmp_path):
+    sweep = load_sweep(path, tmp_path / "out", {"data-root": str(tmp_path)})
+    assert sweep.runs and len({r.name for r in sweep.runs}) == len(sweep.runs)
+    assert all(r.config["data-root"] == str(tmp_path) for r in sweep.runs)  # no machine-specific path inside
+
+
+def test_where_selects_a_slice_of_the_grid(tmp_path, capsys):
+    from launcher.sweep import main
+
+    sweep_file = _write(tmp_path, TINY)
+    assert main([str(sweep_file), "--output", str(tmp_path / "o"), "--dry-run", "--where", "strategy=random"]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs in" in out and "random-seed1" in out and "entropy-local" not in out
+    assert main([str(sweep_file), "--output", str(tmp_path / "o"), "--dry-run", "--where", "alpha=0.1"]) == 2
+    assert "not a grid axis" in capsys.readouterr().err
+
+
+def test_report_compares_along_another_axis(tmp_path):
+    """compare = "bn-statistics": its values are the rows, the method becomes part of the table's group."""
+    runs = []
+    for bn, shift in (("average", 0.0), ("recompute", 0.1)):
+        for seed in range(3):
+            name = f"random-bn-statistics{bn}-seed{seed}"
+            _fake_run(tmp_path, name, "random", seed, [0.4 + shift + 0.01 * seed, 0.5 + shift + 0.01 * seed])
+            runs.append({"name": name, "method": "random", "axes": {"bn-statistics": bn, "seed": seed}})
+    (tmp_path / "sweep.json").write_text(json.dumps({
+        "name": "bn", "settings": {"reference": "bn-statistics=average", "compare": "bn-statistics"}, "runs": runs}))
+    text = write_report(tmp_path)["markdown"].read_text()
+    assert "## method=random" in text
+    assert "| bn-statistics=recompute | 3 | 51.00 +- 1.00 | 61.00 +- 1.00 |" in text
+    assert "| bn-statistics=recompute | 61.00 +- 1.00 |" in text and "| 2/0/0 |" in text
+    with pytest.raises(ValueError, match="'alpha' is not a grid axis"):
+        write_report(tmp_path, compare="alpha")
+
+
+def test_sweep_file_compare_axis_is_checked(tmp_path):
+    text = '[sweep]\ncompare = "alpha"\n[grid]\nstrategy = ["random"]\nseed = [0]\n'
+    with pytest.raises(ConfigError, match="compare: 'alpha' is not a \\[grid\\] axis"):
+        load_sweep(_write(tmp_path, text), tmp_path / "o")
+    text = '[sweep]\ncompare = "alpha"\nreference = "alpha=0.1"\n[grid]\nalpha = [0.1, 1.0]\n'
+    assert len(load_sweep(_write(tmp_path, text), tmp_path / "o").runs) == 2
