@@ -166,13 +166,17 @@ def create_strategy(cfg: RunConfig) -> FALStrategy:
 class SelectRoundStrategy(FALStrategy):
     """A strategy that is one selection round of a client-side selector.
 
-    Subclasses set ``selector`` and may override :meth:`params`.
+    Subclasses set ``selector``, name the run-config keys the selector reads in
+    ``selector_settings``, and may override :meth:`params`.
     """
 
     selector: ClassVar[str] = ""
+    #: run-config keys sent to the selector as its parameters, under the same names
+    selector_settings: ClassVar[tuple[str, ...]] = ()
 
     def params(self, phase: QueryPhase) -> dict[str, Any]:
-        return {}
+        values = self.cfg.to_flower()
+        return {key: values[key] for key in self.selector_settings}
 
     def uses_model(self) -> bool:
         return True

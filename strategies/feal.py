@@ -16,9 +16,7 @@ the AHFAL paper's FEAL row ran (dgitj/FAL has no evidential loss).
 
 from __future__ import annotations
 
-from typing import Any
-
-from strategies.base import QueryPhase, SelectRoundStrategy, register_strategy
+from strategies.base import SelectRoundStrategy, register_strategy
 
 __all__ = ["FealStrategy"]
 
@@ -34,11 +32,4 @@ class FealStrategy(SelectRoundStrategy):
         "over a random pool subset, relaxed for diversity in the local model's features"
     )
     source = "Chen et al. CVPR 2024; JiayiChen815/FEAL utils/cls/selection_methods.py, utils/loss_func.py; spec 5"
-
-    def params(self, phase: QueryPhase) -> dict[str, Any]:
-        cfg = self.cfg
-        return {
-            "feal-subset-size": cfg.feal_subset_size,
-            "feal-neighbors": cfg.feal_neighbors,
-            "feal-cosine-threshold": cfg.feal_cosine_threshold,
-        }
+    selector_settings = ("feal-subset-size", "feal-neighbors", "feal-cosine-threshold")

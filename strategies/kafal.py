@@ -17,9 +17,7 @@ the local model stay on the client (spec 4.4).
 
 from __future__ import annotations
 
-from typing import Any
-
-from strategies.base import QueryPhase, SelectRoundStrategy, register_strategy
+from strategies.base import SelectRoundStrategy, register_strategy
 
 __all__ = ["KafalStrategy", "KafalKsasStrategy"]
 
@@ -35,9 +33,7 @@ class KafalStrategy(SelectRoundStrategy):
         "over its labeled classes) + KCFU training (balanced softmax + class-weighted mixup distillation from the global model)"
     )
     source = "Cao et al. ICCV 2023; ycao5602/KAFAL main.py; spec 4"
-
-    def params(self, phase: QueryPhase) -> dict[str, Any]:
-        return {"kafal-logit-adjustment": self.cfg.kafal_logit_adjustment}
+    selector_settings = ("kafal-logit-adjustment",)
 
 
 @register_strategy("kafal-ksas")

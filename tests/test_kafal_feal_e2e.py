@@ -8,21 +8,19 @@ from fal_shared.config import ConfigError, RunConfig, parse_run_config
 from server_app.inprocess import run_inprocess
 from strategies import STRATEGIES
 
-BASE = {
-    "num-cycles": 1,
-    "rounds-per-cycle": 2,
-    "local-epochs": 1,
-    "train-subset-size": 300,
-    "feal-subset-size": 40,
-}
 
+@pytest.fixture
+def run(small_run):
+    """``run(name, strategy, **run-config)``: a one-cycle in-process run on 3 digits clients."""
 
-def _run(tmp_path, strategy: str, **extra):
-    overrides = {
-        **BASE, "strategy": strategy, "output-dir": str(tmp_path), "state-dir": str(tmp_path / "state"),
-        "run-name": "t", **extra,
-    }
-    return run_inprocess(overrides, num_clients=3)
+    def _run(name: str, strategy: str, **extra):
+        overrides = {
+            **small_run, "num-cycles": 1, "train-subset-size": 300, "feal-subset-size": 40,
+            "run-name": name, "strategy": strategy, **extra,
+        }
+        return run_inprocess(overrides, num_clients=3)
+
+    return _run
 
 
 def _check_selection(results):
@@ -37,25 +35,26 @@ def _check_selection(results):
 
 
 @pytest.mark.parametrize("strategy", ["kafal", "kafal-ksas"])
-def test_kafal_runs_one_cycle_through_real_messages(tmp_path, strategy):
-    diagnostics = _check_selection(_run(tmp_path, strategy))
+def test_kafal_runs_one_cycle_through_real_messages(run, strategy):
+    diagnostics = _check_selection(run("t", strategy))
     assert all(d["kafal-labeled-classes"] >= 1 and d["kafal-mean-discrepancy"] >= 0 for d in diagnostics.values())
 
 
-def test_feal_runs_one_cycle_through_real_messages(tmp_path):
-    results = _run(tmp_path, "feal")
+def test_feal_runs_one_cycle_through_real_messages(run):
+    results = run("t", "feal")
     diagnostics = _check_selection(results)
     assert all(d["feal-subset"] == 40 for d in diagnostics.values())
     evaluation = results["cycles"][-1]["evaluation"]
     assert 0 <= evaluation["accuracy"] <= 1 and evaluation["loss"] > 0
 
 
-def test_the_objective_changes_training_and_only_training(tmp_path):
+def test_the_objective_changes_training_and_only_training(run):
     """kafal and kafal-ksas select alike and train differently; the train messages carry nothing more."""
-    ksas = _run(tmp_path / "a", "kafal-ksas")
-    kcfu = _run(tmp_path / "b", "kafal")
-    random_kcfu = _run(tmp_path / "c", "random", **{"local-objective": "kcfu"})
-    random_ce = _run(tmp_path / "d", "random")
+    # equal-length run names: the run name travels in every message
+    ksas = run("run-a", "kafal-ksas")
+    kcfu = run("run-b", "kafal")
+    random_kcfu = run("run-c", "random", **{"local-objective": "kcfu"})
+    random_ce = run("run-d", "random")
     acc = lambda r: [c["evaluation"]["accuracy"] for c in r["cycles"]]  # noqa: E731
     assert acc(ksas) != acc(kcfu)
     assert acc(random_ce) != acc(random_kcfu)
