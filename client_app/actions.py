@@ -23,6 +23,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from client_app.session import ClientSession
 from fal_shared.registry import Registry
 from fal_shared.batchnorm import moment_sums
+from fal_shared.objectives import build_objective
 from fal_shared.training import DEVICE_CACHE, evaluate, train_model
 from fal_shared.wire import config_of, int_list
 from query import PoolContext, get_selector, run_selection
@@ -50,7 +51,13 @@ def _reply(config: dict, metrics: dict | None = None, **records) -> RecordDict:
 
 # ---------------------------------------------------------------- train/eval
 def handle_train(session: ClientSession, content: RecordDict) -> RecordDict:
-    """E local epochs on the labeled set, starting from the received model."""
+    """E local epochs on the labeled set, starting from the received model.
+
+    The loss is the run's local objective (``local-objective``, by default the
+    strategy's own; :mod:`fal_shared.objectives`), given what it declares it
+    needs: the labeled class counts, the received model as a frozen teacher,
+    the round within the cycle, and the unlabeled pool.
+    """
     start = time.perf_counter()
     cfg = session.cfg
     conf = config_of(content)
@@ -60,9 +67,14 @@ def handle_train(session: ClientSession, content: RecordDict) -> RecordDict:
     cycle, server_round = int(conf["cycle"]), int(conf["server-round"])
     seed = int(np.random.default_rng(session.query_seed(cycle, server_round)).integers(2**31))
     optimizer_state = session.optimizer_state(cycle, server_round)
+    objective = build_objective(
+        cfg.resolved_objective(), cfg, num_classes=session.data.num_classes, task=session.data.task,
+        y=y, model=model, server_round=server_round,
+    )
     report = train_model(
         model, x, y, settings, seed=seed, device=session.device, normalize=session.data.normalize,
-        optimizer_state=optimizer_state,
+        optimizer_state=optimizer_state, objective=objective,
+        unlabeled=session.pool()[1] if objective.uses_unlabeled else None,
     )
     session.store_optimizer_state(cycle, report.optimizer_state)
     session.store_local_model(model)

@@ -22,6 +22,7 @@ from client_app.oracles import make_oracle
 from fal_shared.batchnorm import recompute_statistics
 from fal_shared.config import RunConfig, parse_run_config
 from fal_shared.experiment_data import ClientData, client_data
+from fal_shared.heads import DEFAULT_HEAD, set_head
 from fal_shared.models import build_model
 from fal_shared.training import DEVICE_CACHE, Prediction, TrainSettings, pick_device, predict, train_model
 
@@ -173,16 +174,18 @@ class ClientSession:
         return [int(v) for v in self.ledger.class_counts(self.data.num_classes)]
 
     # ---------------------------------------------------------------- models
-    def new_model(self, seed: int | None = None) -> nn.Module:
-        return build_model(
+    def new_model(self, seed: int | None = None, *, head: str | None = None) -> nn.Module:
+        """A model of the run; its logits are read with ``head`` (default: the run objective's head)."""
+        model = build_model(
             self.model_name,
             input_shape=self.data.input_shape,
             num_outputs=self.data.num_classes,
             seed=seed,
         )
+        return set_head(model, head or self.cfg.resolved_head())
 
-    def model_from(self, arrays: ArrayRecord) -> nn.Module:
-        model = self.new_model()
+    def model_from(self, arrays: ArrayRecord, *, head: str | None = None) -> nn.Module:
+        model = self.new_model(head=head)
         model.load_state_dict(arrays.to_torch_state_dict())
         return model
 
@@ -253,12 +256,16 @@ class ClientSession:
                 del self.context.state[old]
             seed = int(np.random.default_rng(self.query_seed(cycle, 17)).integers(2**31))
             self.context.state[key] = ArrayRecord(self.train_local_only(seed).state_dict())
-        return self.model_from(self.context.state[key])
+        return self.model_from(self.context.state[key], head=DEFAULT_HEAD)
 
     def train_local_only(self, seed: int) -> nn.Module:
-        """A model trained from scratch on the client's labels only (LoGo/FairFAL recipe)."""
+        """A model trained from scratch on the client's labels only (LoGo/FairFAL recipe).
+
+        Always with cross-entropy (a softmax model), whatever the run's local
+        objective: the recipe is LoGo's, and no teacher or round exists for it.
+        """
         _, x, y = self.labeled()
-        model = self.new_model(seed=seed)
+        model = self.new_model(seed=seed, head=DEFAULT_HEAD)
         cfg = self.cfg
         settings = self.train_settings(
             epochs=cfg.local_only_epochs, lr=cfg.lr, lr_milestones=(cfg.local_only_lr_milestone,),

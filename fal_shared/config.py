@@ -29,6 +29,8 @@ from fal_shared.settings.common import SettingsBase as _Base
 from fal_shared.settings.common import setting
 from fal_shared.settings.fairfal import FairfalSettings
 from fal_shared.settings.fale import FaleSettings
+from fal_shared.settings.feal import FealSettings
+from fal_shared.settings.kafal import KafalSettings
 from fal_shared.settings.labeling import LabelingSettings, NodeLabelingConfig
 
 __all__ = [
@@ -160,6 +162,13 @@ class TrainingSettings(_Base):
         False, "augment-flip", "Training augmentation: random horizontal flip with probability 0.5 (not for digits).",
         source="AHFAL code: CIFAR-10/100; LoGo/FairFAL main.py",
     )
+    local_objective: str = setting(
+        "auto", "local-objective",
+        "Loss of local training, by registry name: cross-entropy (MSE for regression), kcfu (KAFAL), edl (FEAL, "
+        "evidential outputs); auto = the strategy's own (kcfu for kafal, edl for feal, cross-entropy otherwise). "
+        "Any strategy can train with any objective, e.g. strategy=ahfal local-objective=kcfu (AHFAL App. D).",
+        source="AHFAL App. D (KCFU applies to every query strategy)",
+    )
     precision: Literal["fp32", "bf16"] = setting(
         "fp32", "precision",
         "Arithmetic of training, scoring and evaluation: fp32, or bf16 autocast (mixed precision: weights, optimiser "
@@ -201,7 +210,8 @@ class RuntimeSettings(_Base):
 
 
 class RunConfig(
-    FaleSettings, FairfalSettings, AhfalSettings, BaselineSettings, LabelingSettings,
+    FealSettings, KafalSettings, FaleSettings, FairfalSettings, AhfalSettings, BaselineSettings,
+    LabelingSettings,
     RuntimeSettings, QuerySettings, TrainingSettings, ScheduleSettings, ExperimentSettings):
     """Every run-config key.
 
@@ -256,6 +266,18 @@ class RunConfig(
 
         if self.model != "auto" and self.model not in MODEL_NAMES:
             raise ValueError(f"model: unknown model {self.model!r}; valid: auto, {', '.join(MODEL_NAMES)}")
+        if self.local_objective != "auto":
+            from fal_shared.objectives import OBJECTIVES
+
+            if self.local_objective not in OBJECTIVES:
+                raise ValueError(
+                    f"local-objective: unknown objective {self.local_objective!r}; valid: auto, {', '.join(sorted(OBJECTIVES))}"
+                )
+            if self.task not in OBJECTIVES[self.local_objective].tasks:
+                raise ValueError(
+                    f"local-objective: {self.local_objective!r} trains classifiers only, but dataset {self.dataset!r} "
+                    f"is a {self.task} dataset"
+                )
         return self
 
     # ----------------------------------------------------------------- helpers
@@ -291,6 +313,24 @@ class RunConfig(
         from fal_shared.models import default_model_for
 
         return default_model_for(self.dataset, self.task) if self.model == "auto" else self.model
+
+    def resolved_objective(self) -> str:
+        """The local training objective: ``local-objective``, or for ``auto`` the strategy's own.
+
+        Server and clients resolve it from the same run config (like the model),
+        so nothing about it has to travel in messages.
+        """
+        if self.local_objective != "auto":
+            return self.local_objective
+        from strategies import STRATEGIES  # the strategy declares its objective (FALStrategy.objective)
+
+        return STRATEGIES.lookup(self.strategy).objective
+
+    def resolved_head(self) -> str:
+        """How the global and local models' logits are read (:mod:`fal_shared.heads`): the objective's head."""
+        from fal_shared.objectives import OBJECTIVES
+
+        return OBJECTIVES.lookup(self.resolved_objective()).head
 
     def to_flower(self) -> dict[str, Any]:
         """The config as Flower run-config keys (for messages and results)."""

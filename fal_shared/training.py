@@ -15,6 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from fal_shared.heads import HEADS, head_of
+from fal_shared.objectives import CrossEntropy, Objective, ObjectiveInputs, unlabeled_batch_rows
+
 __all__ = [
     "TrainSettings",
     "Prediction",
@@ -197,6 +200,8 @@ def train_model(
     device: torch.device,
     normalize: Normalize | None = None,
     optimizer_state: dict[int, dict[str, torch.Tensor]] | None = None,
+    objective: Objective | None = None,
+    unlabeled: np.ndarray | torch.Tensor | None = None,
 ) -> TrainReport:
     """Train ``model`` in place on ``(x, y)``; shuffling is seeded by ``seed``.
 
@@ -216,6 +221,13 @@ def train_model(
     continues an optimiser across calls; the hyper-parameters come from
     ``settings``. When it is given (``{}`` for a first call), the report
     carries the state at the end.
+
+    ``objective`` (:mod:`fal_shared.objectives`; default: cross-entropy, MSE
+    for regression) gives each batch's loss. One that uses unlabeled data gets
+    with every labeled batch an unlabeled one from ``unlabeled``
+    (:func:`~fal_shared.objectives.unlabeled_batch_rows`), gathered, augmented
+    and normalised on the device the same way. Its randomness comes from a
+    second stream of ``seed``: the labeled batches are those of cross-entropy.
     """
     report = TrainReport()
     n = len(x)
@@ -241,7 +253,8 @@ def train_model(
     for i, state in (optimizer_state or {}).items():
         opt.state[params[i]] = {k: v.to(device) if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in state.items()}
     regression = settings.task == "regression"
-    loss_fn = nn.MSELoss() if regression else nn.CrossEntropyLoss()
+    if objective is None:
+        objective = CrossEntropy(ObjectiveInputs(num_classes=0, task=settings.task))
     rng = np.random.default_rng(seed)
     x_dev = on_device(x, device)
     y_t = on_device(y, device)
@@ -250,26 +263,35 @@ def train_model(
     generator = torch.Generator(device=device).manual_seed(int(seed)) if augmenting else None
     skip_single = n > 1 and _has_batchnorm(model)  # BatchNorm cannot train on a single sample
     batch = settings.batch_size
+    starts = [s for s in range(0, n, batch) if not (skip_single and min(batch, n - s) == 1)]
+
+    def batch_of(source: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        xb = source.index_select(0, idx)
+        if augmenting:
+            xb = augment(xb, settings.crop_padding, settings.flip, generator)
+        return _normalized(xb, normalize)
+
     # All epochs' permutations drawn up front (same numpy stream as before) and sent in one copy.
     orders = torch.as_tensor(np.stack([rng.permutation(n) for _ in range(settings.epochs)]), device=device)
+    extra_rng = np.random.default_rng([int(seed), 1])  # the objective's stream; the labeled one is untouched
+    rows = unlabeled_batch_rows(objective, unlabeled, settings.epochs, len(starts), batch, extra_rng)
+    u_dev, u_orders = (None, None) if rows is None else (on_device(unlabeled, device), torch.as_tensor(rows, device=device))
+    objective.prepare(settings.epochs * len(starts), 0 if rows is None else rows.shape[1], extra_rng, device)
     epoch_sums: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+    step = 0
     for epoch in range(settings.epochs):
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         total = 0
-        for start_idx in range(0, n, batch):
+        for start_idx in starts:
             size = min(batch, n - start_idx)
-            if size == 1 and skip_single:
-                continue
             idx = orders[epoch, start_idx : start_idx + size]
-            xb = x_dev.index_select(0, idx)
-            if augmenting:
-                xb = augment(xb, settings.crop_padding, settings.flip, generator)
-            xb = _normalized(xb, normalize)
+            xb = batch_of(x_dev, idx)
             yb = y_t.index_select(0, idx)
+            ub = None if u_orders is None else batch_of(u_dev, u_orders[step])
             with _autocast(device, settings.precision):
-                logits, _ = model(xb)
-                loss = loss_fn(logits.float(), yb)
+                loss, logits = objective.loss(model, xb, yb, ub, step)
+            step += 1
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -301,14 +323,20 @@ def train_model(
 class Prediction:
     """Outputs of a model on a set of samples.
 
-    ``outputs`` are softmax probabilities (classification) or predictions
-    (regression, shape (n,)); ``logits`` the raw outputs; ``features`` the
-    penultimate features.
+    ``outputs`` are class probabilities (classification: softmax, or
+    ``alpha / S`` for an evidential model, see :mod:`fal_shared.heads`) or
+    predictions (regression, shape (n,)); ``logits`` the raw outputs;
+    ``features`` the penultimate features; ``head`` how the logits were read.
     """
 
     outputs: np.ndarray
     logits: np.ndarray
     features: np.ndarray
+    head: str = "softmax"
+
+    def classes(self) -> np.ndarray:
+        """Predicted class of each sample (classification)."""
+        return HEADS.lookup(self.head).classes(self.logits, self.outputs)
 
 
 @torch.no_grad()
@@ -349,11 +377,12 @@ def predict(
         if feature_parts
         else np.zeros((len(x_dev), getattr(model, "feature_dim", 0)), dtype=np.float32)
     )
+    head = head_of(model)
     if task == "regression":
         outputs = logits.view(-1).numpy()
     else:
-        outputs = torch.softmax(logits, dim=1).numpy()
-    return Prediction(outputs=outputs, logits=logits.numpy(), features=feats)
+        outputs = head.probabilities(logits).numpy()
+    return Prediction(outputs=outputs, logits=logits.numpy(), features=feats, head=head.name)
 
 
 def evaluate(
@@ -368,7 +397,12 @@ def evaluate(
     normalize: Normalize | None = None,
     precision: str = "fp32",
 ) -> dict[str, object]:
-    """Accuracy, per-class accuracy and loss (classification) or MSE (regression)."""
+    """Accuracy, per-class accuracy and loss (classification) or MSE (regression).
+
+    The loss is the negative log-likelihood of the model's class probabilities
+    (the cross-entropy of a softmax model), the accuracy that of its head's
+    predicted class (:mod:`fal_shared.heads`).
+    """
     pred = predict(
         model, x, batch_size=batch_size, device=device, task=task,
         normalize=normalize, with_features=False, precision=precision,
@@ -377,8 +411,9 @@ def evaluate(
         err = pred.outputs - y
         return {"mse": float(np.mean(err**2)) if len(y) else float("nan"), "num-examples": len(y)}
     logits = torch.as_tensor(pred.logits)
-    loss = float(nn.functional.cross_entropy(logits, torch.as_tensor(np.asarray(y, dtype=np.int64).copy()))) if len(y) else float("nan")
-    predicted = pred.outputs.argmax(1) if len(y) else np.zeros(0, dtype=np.int64)
+    log_probs = HEADS.lookup(pred.head).log_probabilities(logits)  # log_softmax: the cross-entropy as before
+    loss = float(nn.functional.nll_loss(log_probs, torch.as_tensor(np.asarray(y, dtype=np.int64).copy()))) if len(y) else float("nan")
+    predicted = pred.classes() if len(y) else np.zeros(0, dtype=np.int64)
     correct = predicted == y
     correct_per_class = np.bincount(y[correct], minlength=num_classes)[:num_classes]
     count_per_class = np.bincount(y, minlength=num_classes)[:num_classes]

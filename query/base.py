@@ -31,6 +31,7 @@ __all__ = [
     "SELECTORS",
     "register_selector",
     "get_selector",
+    "random_pool_subset",
     "run_selection",
 ]
 
@@ -104,6 +105,17 @@ class SelectionOutcome:
     seconds: float
     timings: dict[str, float]
     diagnostics: dict[str, Any]
+
+
+def random_pool_subset(ctx: PoolContext, size: int) -> np.ndarray:
+    """Sorted positions of a random subset of ``size`` pool samples, at least the budget; 0 = the whole pool.
+
+    For selectors that score a subset of a large pool (Noise Stability, FEAL);
+    drawn from ``ctx.rng``, so the same seed gives the same subset.
+    """
+    n = ctx.pool_size
+    size = n if size == 0 else min(n, max(size, ctx.budget))
+    return np.arange(n) if size == n else np.sort(ctx.rng.choice(n, size=size, replace=False))
 
 
 def run_selection(selector: Selector, ctx: PoolContext) -> SelectionOutcome:

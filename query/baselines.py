@@ -46,7 +46,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from fal_shared.settings.baselines import BaselineSettings
-from query.base import PoolContext, Selector, register_selector
+from query.base import PoolContext, Selector, random_pool_subset, register_selector
 from query.kernels import DenseFeatures, GradientEmbeddings, entropy, k_center_greedy, kmeans_pp_seeding
 
 __all__ = [
@@ -236,10 +236,8 @@ class NoiseStabilitySelector(Selector):
             raise ValueError("noise-stability: implemented for classification (softmax outputs) only")
         settings = baseline_settings(ctx.params)
         kind = query_model_kind(ctx.params)
-        n = ctx.pool_size
-        size = settings.noise_stability_subset_size
-        size = n if size == 0 else min(n, max(size, ctx.budget))
-        subset = np.arange(n) if size == n else np.sort(ctx.rng.choice(n, size=size, replace=False))
+        subset = random_pool_subset(ctx, settings.noise_stability_subset_size)
+        size = len(subset)
         generator = torch.Generator(device="cpu")
         generator.manual_seed(int(ctx.rng.integers(2**62)))
         z = noise_deviations(

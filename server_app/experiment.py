@@ -35,6 +35,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from fal_shared.config import RunConfig
 from fal_shared.experiment_data import test_data
+from fal_shared.heads import set_head
 from fal_shared.models import build_model
 from fal_shared.batchnorm import has_batchnorm, install_statistics, pooled_statistics
 from fal_shared.training import DEVICE_CACHE, evaluate, pick_device
@@ -346,6 +347,7 @@ class Experiment:
             num_outputs = self.test.num_classes
             model = build_model(self.model_name, input_shape=self.test.input_shape, num_outputs=num_outputs)
             model.load_state_dict(arrays.to_torch_state_dict())
+            set_head(model, self.cfg.resolved_head())  # e.g. FEAL's evidential outputs
             result = evaluate(
                 model, DEVICE_CACHE.get(self.test.x, self.device), self.test.y, num_classes=self.test.num_classes,
                 batch_size=self.cfg.score_batch_size, device=self.device, task=self.test.task,

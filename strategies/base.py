@@ -110,6 +110,9 @@ class FALStrategy(ABC):
     #: whether clients buy ``initial-labeled-fraction`` random labels before cycle 0
     #: (FALE selects its whole budget in one pass and needs none)
     initial_labels: ClassVar[bool] = True
+    #: the local training objective the clients use with ``local-objective=auto``, by name in
+    #: :data:`fal_shared.objectives.OBJECTIVES` (KAFAL: ``kcfu``, FEAL: ``edl``)
+    objective: ClassVar[str] = "cross-entropy"
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
@@ -163,13 +166,17 @@ def create_strategy(cfg: RunConfig) -> FALStrategy:
 class SelectRoundStrategy(FALStrategy):
     """A strategy that is one selection round of a client-side selector.
 
-    Subclasses set ``selector`` and may override :meth:`params`.
+    Subclasses set ``selector``, name the run-config keys the selector reads in
+    ``selector_settings``, and may override :meth:`params`.
     """
 
     selector: ClassVar[str] = ""
+    #: run-config keys sent to the selector as its parameters, under the same names
+    selector_settings: ClassVar[tuple[str, ...]] = ()
 
     def params(self, phase: QueryPhase) -> dict[str, Any]:
-        return {}
+        values = self.cfg.to_flower()
+        return {key: values[key] for key in self.selector_settings}
 
     def uses_model(self) -> bool:
         return True

@@ -9,9 +9,7 @@ local-only model (clustering) and the global model (entropy).
 
 from __future__ import annotations
 
-from typing import Any
-
-from strategies.base import QueryPhase, SelectRoundStrategy, register_strategy
+from strategies.base import SelectRoundStrategy, register_strategy
 
 __all__ = ["BadgeStrategy", "CoreSetStrategy", "NoiseStabilityStrategy", "LoGoStrategy"]
 
@@ -19,8 +17,7 @@ __all__ = ["BadgeStrategy", "CoreSetStrategy", "NoiseStabilityStrategy", "LoGoSt
 class _QueryModelStrategy(SelectRoundStrategy):
     """A selection round whose selector scores the pool with ``query-model``."""
 
-    def params(self, phase: QueryPhase) -> dict[str, Any]:
-        return {"query-model": self.cfg.query_model}
+    selector_settings = ("query-model",)
 
     def uses_model(self) -> bool:
         return self.cfg.query_model == "global"
@@ -51,15 +48,9 @@ class NoiseStabilityStrategy(_QueryModelStrategy):
     selector = "noise-stability"
     description = "Noise Stability: k-center greedy on output deviations of K noisy copies of the query model"
     source = "Li et al. AAAI 2024 (arXiv 2205.13340); lixingjian/AL-noise-stability noise_stability.py; spec 6"
-
-    def params(self, phase: QueryPhase) -> dict[str, Any]:
-        cfg = self.cfg
-        return {
-            **super().params(phase),
-            "noise-stability-num-copies": cfg.noise_stability_num_copies,
-            "noise-stability-noise-scale": cfg.noise_stability_noise_scale,
-            "noise-stability-subset-size": cfg.noise_stability_subset_size,
-        }
+    selector_settings = (
+        "query-model", "noise-stability-num-copies", "noise-stability-noise-scale", "noise-stability-subset-size",
+    )
 
 
 @register_strategy("logo")
@@ -69,6 +60,7 @@ class LoGoStrategy(SelectRoundStrategy):
     selector = "logo"
     description = "LoGo: KMeans (budget clusters) on local-only (1 - p_max) * features, max global-model entropy per cluster"
     source = "Kim et al. CVPR 2023; raymin0223/LoGo query_strategies/fal/logo.py; spec 3"
+    selector_settings = ("logo-kmeans-n-init", "logo-kmeans-max-iter")
 
     def validate(self) -> None:
         super().validate()
@@ -77,9 +69,3 @@ class LoGoStrategy(SelectRoundStrategy):
                 f"query-model: logo always clusters with the local-only model and ranks with the global model; "
                 f"query-model={self.cfg.query_model!r} has no meaning for it (leave it at 'global')"
             )
-
-    def params(self, phase: QueryPhase) -> dict[str, Any]:
-        return {
-            "logo-kmeans-n-init": self.cfg.logo_kmeans_n_init,
-            "logo-kmeans-max-iter": self.cfg.logo_kmeans_max_iter,
-        }

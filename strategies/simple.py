@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from strategies.base import QueryPhase, SelectRoundStrategy, register_strategy
+from strategies.base import SelectRoundStrategy, register_strategy
 
 
 @register_strategy("random")
@@ -27,9 +25,7 @@ class EntropyStrategy(SelectRoundStrategy):
     selector = "entropy"
     description = "max predictive entropy of the query model"
     source = "Shannon entropy sampling; LoGo entropy_sampling.py (query_model_mode)"
-
-    def params(self, phase: QueryPhase) -> dict[str, Any]:
-        return {"query-model": self.cfg.query_model}
+    selector_settings = ("query-model",)
 
     def uses_model(self) -> bool:
         return self.cfg.query_model == "global"
