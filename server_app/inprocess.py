@@ -22,6 +22,7 @@ __all__ = ["InProcessGrid"]
 class InProcessGrid(Grid):
     def __init__(self, client_app: ClientApp, run_config: dict[str, Any], node_configs: list[dict[str, Any]]) -> None:
         self.client_app = client_app
+        self.in_process = True  # MeteredGrid: answers synchronously, no push/pull
         # Messages read the run id from the process's task identity, which
         # Flower's runtimes set; here we are the runtime.
         TaskIdentity.run_id = 1
@@ -96,7 +97,7 @@ def run_inprocess(overrides: dict[str, Any], *, num_clients: int | None = None) 
     from server_app.app import run_experiment
 
     run_config = {**RunConfig().to_flower(), **overrides}
-    n = int(num_clients or run_config["num-clients"])
+    n = int(num_clients or run_config["num-clients"] or 10)
     run_config["num-clients"] = n
     grid = InProcessGrid(client_app, run_config, [{"partition-id": i, "num-partitions": n} for i in range(n)])
     return run_experiment(grid, run_config)
