@@ -256,8 +256,10 @@ class Experiment:
             )
         return nodes
 
-    def _setup(self, nodes: list[int], *, skip_lost: bool = False) -> dict[int, tuple[ClientInfo, int]]:
-        """Send ``query.setup`` to ``nodes``; (info, num-partitions) by partition id.
+    def _setup(
+        self, nodes: list[int], *, skip_lost: bool = False, into: dict[int, tuple[ClientInfo, int]] | None = None,
+    ) -> dict[int, tuple[ClientInfo, int]]:
+        """Send ``query.setup`` to ``nodes``; (info, num-partitions) by partition id, added to ``into``.
 
         With ``skip_lost`` a node that could not answer is left out (it is asked
         again when it shows up next); an error its code raised fails.
@@ -274,7 +276,7 @@ class Experiment:
                 problems.append(f"node {n}: {replies[n].error.reason}")
         if problems:
             raise ClientFailure("setup failed: " + "; ".join(problems))
-        found: dict[int, tuple[ClientInfo, int]] = {}
+        found = {} if into is None else into
         for node, reply in sorted(replies.items()):
             if node not in nodes or reply.has_error():
                 continue
@@ -291,6 +293,8 @@ class Experiment:
                 label_histogram=[int(v) for v in r["label-histogram"]] if "label-histogram" in r else None,
                 input_shape=tuple(int(v) for v in r["input-shape"]),
             )
+            if into is not None and int(r["num-partitions"]) != self.num_partitions:
+                raise ValueError(f"nodes disagree on num-partitions: {sorted({self.num_partitions, int(r['num-partitions'])})}")
             found[pid] = (info, int(r["num-partitions"]))
         return found
 
@@ -299,6 +303,8 @@ class Experiment:
         nodes = self._wait_for_nodes()
         declared = self.cfg.num_clients == 0
         found = self._setup(nodes, skip_lost=declared)
+        if not found:
+            raise ClientFailure(f"setup: none of the {len(nodes)} connected node(s) answered")
         partitions_seen = {nparts for _, nparts in found.values()}
         if len(partitions_seen) != 1:
             raise ValueError(f"nodes disagree on num-partitions: {sorted(partitions_seen)}")
@@ -320,15 +326,8 @@ class Experiment:
             time.sleep(1.0)
             new = sorted(set(self.grid.get_node_ids()) - asked)
             asked.update(new)
-            for pid, entry in self._setup(new, skip_lost=True).items() if new else ():
-                if pid in found:
-                    raise ValueError(
-                        f"partition-id {pid} is served by two nodes ({found[pid][0].node_id} and {entry[0].node_id}); "
-                        "give every SuperNode its own partition-id"
-                    )
-                if entry[1] != self.num_partitions:
-                    raise ValueError(f"nodes disagree on num-partitions: {sorted({self.num_partitions, entry[1]})}")
-                found[pid] = entry
+            if new:
+                self._setup(new, skip_lost=True, into=found)
         missing = sorted(set(range(self.num_partitions)) - set(found))
         if missing:
             need = max(1, math.ceil(self.cfg.train_min_fraction * self.num_partitions - 1e-9))
