@@ -128,7 +128,11 @@ class FlowerEnvironment:
         else:
             self.fleet_port = self.control_port
         proc = self._start("superlink", args)
-        _wait_port(self.control_port, proc, "flower-superlink")
+        try:
+            _wait_port(self.control_port, proc, "flower-superlink")
+        except RuntimeError as err:
+            tail = (self.log_dir / "superlink.log").read_text(errors="replace").splitlines()[-15:]
+            raise RuntimeError(f"{err}; its log ends:\n" + "\n".join(tail)) from None
         (self.home / "config.toml").write_text(
             '[superlink]\ndefault = "local"\n[superlink.local]\n'
             f'address = "127.0.0.1:{self.control_port}"\n' + security
@@ -229,7 +233,7 @@ class FlowerEnvironment:
         if federation_config:
             args += ["--federation-config", federation_config]
         out_path = self.log_dir / "flwr-run.log"
-        with open(out_path, "w") as out:
+        with open(out_path, "w", buffering=1) as out:  # line-buffered: the log can be followed live
             proc = subprocess.Popen(args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=self.app_dir)
             run_id = None
             deadline = time.monotonic() + timeout

@@ -108,34 +108,38 @@ def test_local_deployment_superlink_and_supernodes(tmp_path, capsys):
         assert len(bought) == len(set(bought)) == data["cycles"][-1]["labeled-per-client"][pid]
 
 
-def _restart_until_connected(env: FlowerEnvironment, pid: int, n: int, state: Path, limit: float = 150.0) -> int:
-    """Restart a SuperNode as a site's supervisor would (docker restart policy), until it stays up.
+class _RestartPolicy(threading.Thread):
+    """Restart a SuperNode whenever it exits, as a site's supervisor would (docker's restart policy).
 
     With SuperNode authentication the SuperLink refuses the node's key while it
     still counts the killed process as online (Flower's heartbeat: up to 60 s),
-    and flower-supernode exits; it is started again until it connects.
+    and flower-supernode exits; it is started again until it stays.
     """
-    deadline, starts = time.monotonic() + limit, 0
-    while time.monotonic() < deadline:
-        proc = env.start_supernode(pid, n, state_dir=state)
-        starts += 1
-        try:
-            proc.wait(timeout=8)
-        except subprocess.TimeoutExpired:
-            return starts  # connected and serving
-        time.sleep(2)
-    raise AssertionError(f"SuperNode {pid} did not reconnect within {limit:.0f} s")
+
+    def __init__(self, env: FlowerEnvironment, pid: int, n: int, state: Path) -> None:
+        super().__init__(daemon=True)
+        self.env, self.pid, self.n, self.state = env, pid, n, state
+        self.stop = threading.Event()
+        self.starts = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            proc = self.env.supernodes.get(self.pid)
+            if proc is None or proc.poll() is not None:
+                self.env.start_supernode(self.pid, self.n, state_dir=self.state)
+                self.starts += 1
+            self.stop.wait(2.0)
 
 
 def test_deployment_survives_a_supernode_killed_mid_round(tmp_path):
-    """Kill one SuperNode (SIGKILL, as a power cut) during a training round of cycle 1, restart it:
-    the run completes, its ledger keeps every label bought before, nothing is bought twice, and it
-    is re-admitted (it buys its budget in cycle 1's query)."""
+    """Kill one SuperNode (SIGKILL, as a power cut) during a training round of cycle 1 and let it
+    restart: the run completes, its ledger keeps every label bought before, nothing is bought twice,
+    and it is re-admitted (it buys its budget in cycle 1's query)."""
     out, state, n = tmp_path / "results", tmp_path / "state", 3
     run_config = {
         "rounds-per-cycle": 2, "local-epochs": 1, "num-cycles": 2, "train-subset-size": 300, "strategy": "entropy",
         "num-clients": n, "output-dir": str(out), "state-dir": str(state), "run-name": "fault",
-        "train-min-fraction": 0.5, "query-missing-client": "skip",
+        "train-min-fraction": 0.5, "query-missing-client": "fail",  # the restarted site must come back to label
     }
     ledger = state / "fault" / "partition-1.json"
     with FlowerEnvironment(ROOT, simulation=False, tls=True) as env:
@@ -146,32 +150,33 @@ def test_deployment_survives_a_supernode_killed_mid_round(tmp_path):
 
         def run() -> None:
             try:
-                outcome["run-id"] = env.run(run_config, timeout=900, verbose=False)
+                outcome["run-id"] = env.run(run_config, timeout=1500, verbose=False)
             except BaseException as err:  # reported below
                 outcome["error"] = err
 
         runner = threading.Thread(target=run)
         runner.start()
-        log, seen_cycle_0 = env.log_dir / "flwr-run.log", False
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and runner.is_alive():
+        log, cycle_1_training = env.log_dir / "flwr-run.log", False
+        while runner.is_alive() and not cycle_1_training:
             text = log.read_text(errors="replace") if log.exists() else ""
-            seen_cycle_0 = "[FAL] cycle 0:" in text
-            if seen_cycle_0 and "[ROUND 1/2]" in text.split("[FAL] cycle 0:", 1)[1]:
-                break  # the first training round of cycle 1 has been sent
+            # the ServerApp logs "[ROUND 1/2]" as it sends the first training round of cycle 1
+            cycle_1_training = "[ROUND 1/2]" in text.partition("[FAL] cycle 0:")[2]
             time.sleep(0.2)
-        assert seen_cycle_0 and runner.is_alive(), outcome
+        assert cycle_1_training, outcome
         before = [e[0] for e in json.loads(ledger.read_text())["entries"]]
         env.kill_supernode(1)
-        starts = _restart_until_connected(env, 1, n, state)
-        runner.join(timeout=900)
+        supervisor = _RestartPolicy(env, 1, n, state)
+        supervisor.start()
+        runner.join(timeout=1500)
+        supervisor.stop.set()
+        supervisor.join()
         assert "error" not in outcome, outcome.get("error")
     data = json.loads((out / "fault" / "results.json").read_text())
     assert data["status"] == "completed"
     cycle1 = data["cycles"][1]
-    assert [(e["message-type"], e["partition"]) for e in cycle1["lost-clients"]][:1] == [("train", 1)], cycle1["lost-clients"]
+    assert ("train", 1) in [(e["message-type"], e["partition"]) for e in cycle1.get("lost-clients", [])], cycle1
     assert len(cycle1["selected-ids"]["1"]) == cycle1["budgets"]["1"] > 0, "re-admitted: it bought its budget"
     after = [e[0] for e in json.loads(ledger.read_text())["entries"]]
     assert after[: len(before)] == before, "every label bought before the kill is still in the ledger"
     assert len(after) == len(set(after)) == data["cycles"][-1]["labeled-per-client"]["1"], "none bought twice"
-    assert starts >= 1
+    assert supervisor.starts >= 1
