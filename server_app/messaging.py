@@ -150,7 +150,7 @@ class MeteredGrid(Grid):
         ids = list(self.inner.push_messages(messages))
         pending = {mid: msg for mid, msg in zip(ids, messages) if mid}
         replies: list[Message] = []
-        deadline = time.monotonic() + (timeout if timeout is not None else 0.0)
+        deadline = time.monotonic() + timeout if timeout is not None else float("inf")  # None: wait, as Flower does
         while pending:
             for reply in self.inner.pull_messages(list(pending)):
                 sent = pending.pop(reply.metadata.reply_to_message_id, None)

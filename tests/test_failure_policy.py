@@ -166,3 +166,45 @@ def test_num_clients_0_fails_when_too_few_partitions_connect(small_run):
     grid.contexts.pop(sorted(grid.contexts)[2])
     with pytest.raises(Exception, match=r"2 of num-partitions=3 partitions connected .*missing \[2\].*needs 3"):
         run_experiment(grid, run_config)
+
+
+class _PushPullGrid:
+    """A SuperLink-like grid: replies appear only on the ``ready_after``-th pull."""
+
+    def __init__(self, ready_after: int) -> None:
+        self.ready_after, self.pulls, self.sent = ready_after, 0, []
+
+    def push_messages(self, messages):
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = m.object_id  # as the SuperLink does
+            self.sent.append(m)
+        return [m.metadata.message_id for m in messages]
+
+    def pull_messages(self, ids):
+        self.pulls += 1
+        if self.pulls < self.ready_after:
+            return []
+        from flwr.app import Message, RecordDict
+
+        return [Message(RecordDict(), reply_to=m) for m in self.sent if m.metadata.message_id in ids]
+
+    def get_nodes(self):
+        return []
+
+
+@pytest.mark.parametrize("timeout, ready_after, answered", [(None, 4, True), (0.0, 4, False), (60.0, 4, True)])
+def test_metered_grid_waits_as_flower_does(monkeypatch, timeout, ready_after, answered):
+    """timeout=None waits until every reply is in (Flower's Grid.send_and_receive); 0 takes what one pull gives."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    import server_app.messaging as messaging
+
+    monkeypatch.setattr(messaging, "POLL_SECONDS", 0.0)
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = 1
+    inner = _PushPullGrid(ready_after)
+    grid = messaging.MeteredGrid(inner)
+    msgs = [Message(content=RecordDict({"config": ConfigRecord({"k": n})}), dst_node_id=n, message_type="query") for n in (7, 8)]
+    replies = list(grid.send_and_receive(msgs, timeout=timeout))
+    assert sorted(r.metadata.src_node_id for r in replies) == ([7, 8] if answered else [])
+    assert inner.pulls == (ready_after if answered else 1)
