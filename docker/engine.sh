@@ -53,9 +53,12 @@ start)
     exit 1
     ;;
 stop)
+    exec_root=""
+    [ -f "$dir/exec-root" ] && exec_root=$(cat "$dir/exec-root")
     if [ -f "$dir/dockerd.pid" ]; then
         pid=$(cat "$dir/dockerd.pid")
-        if kill -0 "$pid" 2>/dev/null; then
+        # Only our dockerd: a pid left by one that died may belong to another process by now.
+        if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -qF "unix://$sock"; then
             # SIGTERM: dockerd stops its containers (10 s grace each) and its containerd.
             kill "$pid"
             for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
@@ -63,6 +66,18 @@ stop)
         fi
         rm -f "$dir/dockerd.pid"
     fi
+    # A dockerd that was killed (not stopped) leaves its containerd, container shims and their
+    # containers running, and their mounts: find them by this engine's own folders, stop them by id.
+    if [ -n "$exec_root" ]; then
+        for p in $(pgrep -f -- "$exec_root/" || true); do
+            for c in $(pgrep -P "$p" || true); do kill -9 "$c" 2>/dev/null || true; done
+            kill -9 "$p" 2>/dev/null || true
+        done
+    fi
+    for m in $(awk -v a="$dir/" -v b="${exec_root:-/nonexistent}/" \
+                   'index($2, a) == 1 || index($2, b) == 1 || $2 == substr(b, 1, length(b) - 1) {print $2}' /proc/mounts | sort -r); do
+        umount "$m" 2>/dev/null || umount -l "$m"
+    done
     if [ -f "$dir/host-before" ]; then
         before=$(cat "$dir/host-before")
         for t in "ip nat" "ip filter" "ip6 nat" "ip6 filter"; do
@@ -76,8 +91,8 @@ stop)
         sysctl -q -w "net.ipv4.ip_forward=$(sed -n 's/^ip_forward=//p' <<<"$before")"
         rm -f "$dir/host-before"
     fi
-    if [ -f "$dir/exec-root" ]; then
-        rm -rf "$(cat "$dir/exec-root")"
+    if [ -n "$exec_root" ]; then
+        rm -rf "$exec_root"
         rm -f "$dir/exec-root"
     fi
     if [ "${3:-}" = "--purge" ]; then
