@@ -208,3 +208,33 @@ def test_metered_grid_waits_as_flower_does(monkeypatch, timeout, ready_after, an
     replies = list(grid.send_and_receive(msgs, timeout=timeout))
     assert sorted(r.metadata.src_node_id for r in replies) == ([7, 8] if answered else [])
     assert inner.pulls == (ready_after if answered else 1)
+
+
+@pytest.mark.parametrize("min_fraction, completes", [(0.5, True), (1.0, False)])
+def test_client_lost_after_training_is_left_out_of_the_batchnorm_round(small_run, min_fraction, completes):
+    """A site lost in the last FedAvg round is still lost for the BN statistics round: the policy is the same."""
+    overrides = {**small_run, "strategy": "random", "model": "resnet8", "num-cycles": 1, "num-clients": 3,
+                 "bn-statistics": "recompute", "node-wait-seconds": 0.5, "train-min-fraction": min_fraction}
+    grid, run_config = _grid(overrides)
+    node2 = sorted(grid.contexts)[2]
+    kinds = []
+
+    def lose_from_round_2_to_the_query(messages):
+        kind = messages[0].metadata.message_type if messages else ""
+        kinds.append(kind)
+        if kind == "train" and kinds.count("train") == 2:  # cycle 0, round 2
+            grid.down.add(node2)
+        elif kind == "query.select":
+            grid.down.discard(node2)
+
+    _intercept(grid, lose_from_round_2_to_the_query)
+    if not completes:
+        with pytest.raises(Exception, match=r"train-min-fraction=1 needs 3"):
+            run_experiment(grid, run_config)
+        return
+    results = run_experiment(grid, run_config)
+    assert results["status"] == "completed"
+    lost = results["cycles"][0]["lost-clients"]
+    assert [(e["message-type"], e["partition"]) for e in lost] == [("train", 2), ("query.bn_stats", 2)]
+    assert results["cycles"][0]["traffic"]["query.bn_stats"]["messages-received"] == 2
+    assert len(results["cycles"][0]["selected-ids"]["2"]) == results["cycles"][0]["budgets"]["2"]  # back for the query

@@ -22,7 +22,8 @@ class FailureSettings(SettingsBase):
         0.5, "train-min-fraction",
         "A FedAvg round needs training replies from at least ceil(fraction x clients) clients (at least one); lost "
         "clients are left out of that round (recorded under lost-clients) and re-admitted, with their ledgers, at "
-        "the next round or cycle their node is back. 1 = every client: a lost client fails the run. With "
+        "the next round or cycle their node is back; the same holds for the BatchNorm statistics round after the "
+        "FedAvg rounds (bn-statistics=recompute). 1 = every client: a lost client fails the run. With "
         "num-clients=0 it is also how many partitions must be connected after node-wait-seconds to start.",
         unit="fraction of clients", gt=0, le=1,
     )
