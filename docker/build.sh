@@ -91,6 +91,17 @@ if [ -n "$wheelhouse" ]; then
     python3 -m http.server --bind "$gateway" --directory "$wheelhouse" "$port" >/dev/null 2>&1 &
     server_pid=$!
     pip_source="http://$gateway:$port/"
+    # Wait until it serves this wheelhouse (a slow start, or another server on the port, fails the build's pip).
+    probe="$pip_source$(ls "$wheelhouse" | head -1)"
+    served=""
+    for _ in $(seq 1 60); do
+        kill -0 "$server_pid" 2>/dev/null || break
+        if python3 -c "import urllib.request; urllib.request.urlopen('$probe', timeout=2).close()" 2>/dev/null; then
+            served=1; break
+        fi
+        sleep 0.5
+    done
+    [ -n "$served" ] || { echo "[build] could not serve the wheelhouse on $pip_source (port busy? set FAL_WHEELHOUSE_PORT)" >&2; exit 1; }
 fi
 
 docker build --file docker/Dockerfile --tag "$tag" \
