@@ -31,6 +31,7 @@ from fal_shared.settings.fairfal import FairfalSettings
 from fal_shared.settings.fale import FaleSettings
 from fal_shared.settings.feal import FealSettings
 from fal_shared.settings.kafal import KafalSettings
+from fal_shared.settings.failures import FailureSettings
 from fal_shared.settings.labeling import LabelingSettings, NodeLabelingConfig
 
 __all__ = [
@@ -66,7 +67,13 @@ class ExperimentSettings(_Base):
         "cnn4conv for (fashion-)mnist, resnet8 for cifar/svhn, linear for regression.",
     )
     seed: int = setting(0, "seed", "Seed of partitions, initial labels, model inits, shuffles and selections.")
-    num_clients: int = setting(10, "num-clients", "Number of clients (SuperNodes) the server waits for; each needs its own partition.", ge=1)
+    num_clients: int = setting(
+        0, "num-clients",
+        "Clients (SuperNodes) the experiment starts with; each serves its own partition. 0 = the federation the "
+        "nodes declare: the server waits up to node-wait-seconds for a node of every partition 0..num-partitions-1 "
+        "(their node config; in simulation num-supernodes) and starts with those connected (see train-min-fraction). "
+        "N > 0 = exactly N nodes must connect.", ge=0,
+    )
     partition: Literal["iid", "dirichlet", "dirichlet-balanced"] = setting(
         "dirichlet", "partition",
         "Split of the training set over clients: iid, dirichlet (label Dirichlet, Hsu et al. 2019), "
@@ -199,7 +206,11 @@ class RuntimeSettings(_Base):
     )
     device: Literal["auto", "cpu", "cuda"] = setting("auto", "device", "Torch device for training and scoring; auto = GPU when present.")
     client_threads: int = setting(1, "client-threads", "torch threads per ClientApp (2 clients on 2 cores: 1).", ge=1)
-    node_wait_seconds: float = setting(120.0, "node-wait-seconds", "How long the server waits for num-clients nodes to connect.", unit="s", gt=0)
+    node_wait_seconds: float = setting(
+        120.0, "node-wait-seconds",
+        "How long the server waits for the clients' nodes to connect at the start (num-clients), and for a "
+        "restarted node before a query is re-sent.", unit="s", gt=0,
+    )
     reply_timeout_seconds: float = setting(3600.0, "reply-timeout-seconds", "How long the server waits for the replies of one round.", unit="s", gt=0)
     query_retries: int = setting(1, "query-retries", "Times a failed query message is re-sent (queries are idempotent, no label is bought twice).", ge=0)
     record_label_histograms: bool = setting(
@@ -211,7 +222,7 @@ class RuntimeSettings(_Base):
 
 class RunConfig(
     FealSettings, KafalSettings, FaleSettings, FairfalSettings, AhfalSettings, BaselineSettings,
-    LabelingSettings,
+    FailureSettings, LabelingSettings,
     RuntimeSettings, QuerySettings, TrainingSettings, ScheduleSettings, ExperimentSettings):
     """Every run-config key.
 
@@ -278,6 +289,17 @@ class RunConfig(
                     f"local-objective: {self.local_objective!r} trains classifiers only, but dataset {self.dataset!r} "
                     f"is a {self.task} dataset"
                 )
+        if self.model not in ("auto", "linear") and self.task == "regression":
+            raise ValueError(
+                f"model: {self.model!r} is an image model, but dataset {self.dataset!r} is a regression dataset "
+                'of flat feature vectors; use model="linear" (or "auto")'
+            )
+        if self.model == "linear" and self.task == "classification":
+            image_models = ", ".join(m for m in MODEL_NAMES if m != "linear")
+            raise ValueError(
+                f"model: 'linear' is the regression model (flat inputs), but dataset {self.dataset!r} is image "
+                f'classification; use one of {image_models} (or "auto")'
+            )
         return self
 
     # ----------------------------------------------------------------- helpers

@@ -28,7 +28,7 @@ from torch import nn
 from torchvision.models import mobilenet_v2
 from torchvision.models.resnet import BasicBlock
 
-__all__ = ["MODEL_NAMES", "build_model", "default_model_for"]
+__all__ = ["MODEL_NAMES", "build_model", "check_model_fits", "default_model_for"]
 
 
 class _FeatureHeadModel(nn.Module):
@@ -200,3 +200,23 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return factory()
+
+
+def check_model_fits(name: str, *, input_shape: tuple[int, ...], num_outputs: int, dataset: str = "") -> None:
+    """Build ``name`` for this data and run two zero samples through it.
+
+    Raises a ValueError naming the model, the dataset and the reason when the
+    model cannot take the data (e.g. an image model on a regression dataset,
+    cnn4conv on 8x8 digits), so a bad combination fails before any training.
+    Leaves the global torch RNG untouched.
+    """
+    where = f"dataset {dataset!r} " if dataset else ""
+    try:
+        model = build_model(name, input_shape=tuple(input_shape), num_outputs=num_outputs, seed=0)
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            logits, _ = model(torch.zeros((2, *input_shape)))
+    except (ValueError, RuntimeError) as err:
+        raise ValueError(f"model: {name!r} cannot take {where}(input shape {tuple(input_shape)}): {err}") from None
+    if tuple(logits.shape) != (2, num_outputs):
+        raise ValueError(f"model: {name!r} gives outputs of shape {tuple(logits.shape)[1:]} for {where}, expected ({num_outputs},)")

@@ -16,7 +16,9 @@ from typing import Any
 from fal_shared.config import ConfigError, RunConfig, parse_run_config
 from launcher.flower_processes import FlowerEnvironment, RunFailed
 
-__all__ = ["add_run_arguments", "resolve_overrides", "check_results", "print_summary"]
+__all__ = ["add_run_arguments", "resolve_overrides", "check_results", "print_summary", "server_error"]
+
+DEFAULT_NODES = 10  # nodes a launcher starts when neither --num-supernodes nor num-clients says
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +50,10 @@ def resolve_overrides(
     """Merge files and --run-config, validate everything before any process starts.
 
     Fills in ``run-name``, ``output-dir`` and ``state-dir`` so the launcher knows
-    where the results land; returns the config, the overrides and the results folder.
+    where the results land, and ``num-clients``: a launcher starts the nodes itself,
+    so the run waits for exactly that many (``num_clients``, else the config's
+    num-clients, else :data:`DEFAULT_NODES`). Returns the config, the overrides
+    and the results folder.
     """
     overrides: dict[str, Any] = {}
     for path in args.config:
@@ -59,6 +64,8 @@ def resolve_overrides(
     overrides.update(_parse_pairs(args.run_config))
     if num_clients is not None:
         overrides["num-clients"] = num_clients  # the processes started decide how many clients there are
+    elif not overrides.get("num-clients"):
+        overrides["num-clients"] = DEFAULT_NODES
     cfg = parse_run_config(overrides)
     from server_app.app import output_folder, resolve_run_name  # heavy imports after cheap checks
     from strategies import create_strategy
@@ -66,7 +73,10 @@ def resolve_overrides(
     create_strategy(cfg)  # unknown strategy / unsupported task fail here
     from fal_shared.experiment_data import test_data
 
-    test_data(cfg)  # a missing or corrupt data file fails here, before any Flower process starts
+    from fal_shared.models import check_model_fits
+
+    test = test_data(cfg)  # a missing or corrupt data file fails here, before any Flower process starts
+    check_model_fits(cfg.resolved_model(), input_shape=test.input_shape, num_outputs=test.num_classes, dataset=cfg.dataset)
     run_name = resolve_run_name(cfg)
     folder = output_folder(cfg, run_name).resolve()
     overrides.update({
@@ -85,6 +95,28 @@ def check_results(folder: Path) -> dict[str, Any]:
     if data["status"] != "completed":
         raise RuntimeError(f"the run ended as {data['status']!r}: {data.get('error')}")
     return data
+
+
+def server_error(folder: Path, log: Path) -> str | None:
+    """The ServerApp's own error message of a failed run: from its results file, else its log."""
+    try:
+        data = json.loads((folder / "results.json").read_text())
+        if data.get("status") == "failed" and data.get("error"):
+            return str(data["error"])
+    except (OSError, ValueError):
+        pass
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):  # the ServerApp prints "[FAL] run <name> FAILED: <error>"
+        if "[FAL] run" in line and "FAILED:" in line:
+            return line.split("FAILED:", 1)[1].strip()
+    for line in reversed(lines):  # else the last exception line of a traceback
+        stripped = line.strip()
+        if stripped and ("Error:" in stripped or "Exception:" in stripped) and not stripped.startswith("File "):
+            return stripped
+    return None
 
 
 def print_summary(data: dict[str, Any], folder: Path, started: float) -> None:
@@ -115,6 +147,7 @@ def launch(
     federation_config: Callable[[RunConfig], str | None] = lambda cfg: None,
     start_nodes: Callable[[FlowerEnvironment, RunConfig, dict[str, Any]], None] = lambda env, cfg, o: None,
     label: str = "",
+    tls: bool = False,
 ) -> int:
     """Validate, start the Flower processes, run, check, stop everything; the exit code."""
     started = time.time()
@@ -122,13 +155,14 @@ def launch(
         cfg, overrides, folder = resolve_overrides(args, num_clients=num_clients)
     except (ConfigError, ValueError, OSError) as err:  # bad config, data missing or corrupt
         return fail(str(err))
-    with FlowerEnvironment(Path(args.app), simulation=simulation) as env:
+    with FlowerEnvironment(Path(args.app), simulation=simulation, tls=tls) as env:
         try:
             env.start_superlink()
             start_nodes(env, cfg, overrides)
             run_id = env.run(overrides, federation_config=federation_config(cfg), timeout=args.timeout, verbose=args.verbose)
         except (RunFailed, RuntimeError) as err:
-            return fail(str(err))
+            cause = server_error(folder, env.log_dir / "flwr-run.log")
+            return fail(str(err) + (f"\n[FAL] the ServerApp's error: {cause}" if cause else ""))
         finally:
             keep_log(env.log_dir / "flwr-run.log", folder)
     try:

@@ -5,7 +5,9 @@ Starts one SuperLink and N SuperNodes as separate processes on this machine
 keeps its label ledger in ``<state-dir>``), runs the experiment with
 ``flwr run``, checks it completed, and stops every process it started. This
 is the same app and the same messages as on separate machines; only the
-addresses differ (see README "Deployment").
+addresses differ (see README "Deployment"). ``--tls`` runs it as a site
+should: TLS with a private CA, and SuperNode authentication (each SuperNode
+has its own key pair, registered with the SuperLink before it connects).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fal-deploy", description=__doc__)
     add_run_arguments(parser)
     parser.add_argument("--num-supernodes", type=int, default=None,
-                        help="SuperNodes to start (default: the run config's num-clients)")
+                        help="SuperNodes to start (default: the run config's num-clients, else 10)")
+    parser.add_argument("--tls", action="store_true",
+                        help="TLS (a private CA made for this run) and SuperNode authentication")
     args = parser.parse_args(argv)
 
     def start_nodes(env, cfg, overrides) -> None:
@@ -30,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
     return launch(
         args, simulation=False, num_clients=args.num_supernodes, start_nodes=start_nodes,
-        label="deployment: 1 SuperLink + {n} SuperNodes",
+        label="deployment: 1 SuperLink + {n} SuperNodes" + (", TLS, SuperNode authentication" if args.tls else ""),
+        tls=args.tls,
     )
 
 

@@ -7,6 +7,10 @@ the ServerApp crashed. A :class:`FlowerEnvironment` owns a private
 free localhost ports with dependency installation off, runs ``flwr run``,
 asks the SuperLink for the run's final status, and stops every process it
 started (by process group) whatever happens.
+
+With ``tls=True`` (deployment only) it runs the SuperLink as a site should:
+TLS with a private CA and SuperNode authentication; every SuperNode gets its
+own key pair, registered with ``flwr supernode register`` before it starts.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import IO
 
 from fal_shared.config import toml_value
+from launcher.certs import make_superlink_certificates, make_supernode_key
 
 __all__ = ["FlowerEnvironment", "RunFailed", "free_port"]
 
@@ -62,9 +67,12 @@ class FlowerEnvironment:
     Use as a context manager; every process started is stopped on exit.
     """
 
-    def __init__(self, app_dir: Path, *, simulation: bool, log_dir: Path | None = None) -> None:
+    def __init__(self, app_dir: Path, *, simulation: bool, log_dir: Path | None = None, tls: bool = False) -> None:
+        if tls and simulation:
+            raise ValueError("tls applies to a deployment (SuperNodes connect over the network), not to simulation")
         self.app_dir = app_dir.resolve()
         self.simulation = simulation
+        self.tls_dir: Path | None = None
         self.home = Path(tempfile.mkdtemp(prefix="fal-flwr-home-"))
         self.log_dir = log_dir or self.home / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -83,10 +91,14 @@ class FlowerEnvironment:
         self.bin_dir = bin_dir
         self.control_port: int | None = None
         self.fleet_port: int | None = None
+        self.supernodes: dict[int, subprocess.Popen] = {}  # partition id -> process
+        if tls:
+            self.tls_dir = self.home / "tls"
+            self.tls = make_superlink_certificates(self.tls_dir, ["127.0.0.1"])
 
     # ------------------------------------------------------------ processes
     def _start(self, name: str, args: list[str]) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "w")
+        log = open(self.log_dir / f"{name}.log", "a")
         proc = subprocess.Popen(
             [os.path.join(self.bin_dir, args[0]), *args[1:]],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -99,34 +111,78 @@ class FlowerEnvironment:
         self.control_port = free_port()
         # Flower 1.41 serves the Control, Fleet and ServerAppIo APIs on one HTTP port.
         args = [
-            "flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
+            "flower-superlink", "--disable-runtime-dependency-installation",
             "--database", str(self.home / "state.db"), "--host", "127.0.0.1", "--port", str(self.control_port),
         ]
+        if self.tls_dir is not None:
+            args += [
+                "--ssl-ca-certfile", str(self.tls["ca"]), "--ssl-certfile", str(self.tls["certfile"]),
+                "--ssl-keyfile", str(self.tls["keyfile"]), "--enable-supernode-auth",
+            ]
+            security = f'root-certificates = "{self.tls["ca"]}"\n'
+        else:
+            args.append("--insecure")
+            security = "insecure = true\n"
         if self.simulation:
             args.append("--simulation")
         else:
             self.fleet_port = self.control_port
         proc = self._start("superlink", args)
-        _wait_port(self.control_port, proc, "flower-superlink")
+        try:
+            _wait_port(self.control_port, proc, "flower-superlink")
+        except RuntimeError as err:
+            tail = (self.log_dir / "superlink.log").read_text(errors="replace").splitlines()[-15:]
+            raise RuntimeError(f"{err}; its log ends:\n" + "\n".join(tail)) from None
         (self.home / "config.toml").write_text(
             '[superlink]\ndefault = "local"\n[superlink.local]\n'
-            f'address = "127.0.0.1:{self.control_port}"\ninsecure = true\n'
+            f'address = "127.0.0.1:{self.control_port}"\n' + security
         )
 
+    def register_supernode(self, name: str) -> Path:
+        """Make the key pair ``name`` (once) and register its public key with the SuperLink; the private key."""
+        assert self.tls_dir is not None
+        key, pub = self.tls_dir / f"{name}.key", self.tls_dir / f"{name}.pub"
+        if not key.exists():
+            key, pub = make_supernode_key(self.tls_dir, name)
+            result = self.flwr("supernode", "register", str(pub), "local", "--name", name)
+            if result.returncode != 0:
+                raise RuntimeError(f"flwr supernode register {pub} failed: {result.stdout[-500:]} {result.stderr[-500:]}")
+        return key
+
     def start_supernode(self, partition_id: int, num_partitions: int, state_dir: Path | None = None) -> subprocess.Popen:
+        """Start (or restart, with the same key) the SuperNode serving ``partition_id``."""
         if self.fleet_port is None:
             raise RuntimeError("start a deployment SuperLink before SuperNodes")
         node_config = f"partition-id={partition_id} num-partitions={num_partitions}"
         if state_dir is not None:
             node_config += f' state-dir="{state_dir}"'
-        return self._start(
-            f"supernode-{partition_id}",
+        name = f"supernode-{partition_id}"
+        if self.tls_dir is not None:
+            security = [
+                "--root-certificates", str(self.tls["ca"]),
+                "--auth-supernode-private-key", str(self.register_supernode(name)),
+            ]
+        else:
+            security = ["--insecure"]
+        proc = self._start(
+            name,
             [
-                "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{self.fleet_port}",
+                "flower-supernode", *security, "--superlink", f"127.0.0.1:{self.fleet_port}",
                 "--host", "127.0.0.1", "--port", str(free_port()),
                 "--node-config", node_config,
             ],
         )
+        self.supernodes[partition_id] = proc
+        return proc
+
+    def kill_supernode(self, partition_id: int, sig: int = signal.SIGKILL) -> None:
+        """Stop the SuperNode of ``partition_id`` and its ClientApp processes (default: as a power cut would)."""
+        proc = self.supernodes.pop(partition_id)
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
 
     @staticmethod
     def _kill(entry: tuple[str, subprocess.Popen, IO]) -> None:
@@ -177,7 +233,7 @@ class FlowerEnvironment:
         if federation_config:
             args += ["--federation-config", federation_config]
         out_path = self.log_dir / "flwr-run.log"
-        with open(out_path, "w") as out:
+        with open(out_path, "w", buffering=1) as out:  # line-buffered: the log can be followed live
             proc = subprocess.Popen(args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=self.app_dir)
             run_id = None
             deadline = time.monotonic() + timeout

@@ -19,11 +19,20 @@ stopped run resume with the same run name, without selecting or buying again.
 Everything crosses the network as Flower messages through a
 :class:`MeteredGrid`, so bytes per message kind are measured, in simulation
 and deployment alike.
+
+Lost sites (the failure policy, ``fal_shared/settings/failures.py``): a client
+whose SuperNode cannot answer is left out of a FedAvg round as long as
+``train-min-fraction`` of the clients replied, and out of a labeling round
+(``query-missing-client=skip``); before every round the server looks for
+restarted or late nodes, asks them ``query.setup`` (they reload their ledgers
+from disk, nothing is bought again) and re-admits them. Which clients were
+lost, and when, is recorded per cycle under ``lost-clients``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -36,13 +45,13 @@ from flwr.serverapp.strategy import FedAvg
 from fal_shared.config import RunConfig
 from fal_shared.experiment_data import test_data
 from fal_shared.heads import set_head
-from fal_shared.models import build_model
 from fal_shared.batchnorm import has_batchnorm, install_statistics, pooled_statistics
+from fal_shared.models import build_model, check_model_fits
 from fal_shared.training import DEVICE_CACHE, evaluate, pick_device
 from fal_shared.wire import config_of
 from server_app.checkpoint import Checkpoint
 from server_app.labels import wait_for_labels
-from server_app.messaging import ClientFailure, MeteredGrid, Messenger, TrafficMeter
+from server_app.messaging import ClientFailure, MeteredGrid, Messenger, TrafficMeter, lost_reason
 from server_app.results import ResultsRecorder
 from strategies import ClientInfo, create_strategy
 
@@ -56,20 +65,25 @@ class CycleFedAvg(FedAvg):
 
     Deviations from the stock strategy, and why: replies are aggregated in
     partition order (float sums are order-dependent; this keeps runs with the
-    same seed identical), a failed client aborts the cycle with its error
-    instead of being silently dropped, and the lr follows LoGo's per-round
-    schedule (:meth:`RunConfig.lr_for_round`).
+    same seed identical), a client whose code failed aborts the cycle with its
+    error instead of being silently dropped, a *lost* client (its site could
+    not answer) is left out of the round only as the failure policy allows
+    (``train-min-fraction``), every round first re-admits restarted nodes, and
+    the lr follows LoGo's per-round schedule (:meth:`RunConfig.lr_for_round`).
     """
 
-    def __init__(self, cfg: RunConfig, messenger: Messenger, cycle: int) -> None:
-        super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=len(messenger.nodes))
-        self.cfg = cfg
-        self.messenger = messenger
+    def __init__(self, exp: "Experiment", cycle: int) -> None:
+        super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=1)
+        self.exp = exp
+        self.cfg = exp.cfg
+        self.messenger = exp.messenger
         self.cycle = cycle
-        self.order = [messenger.nodes[p] for p in sorted(messenger.nodes)]
+        self.sent: dict[int, int] = {}  # node id -> partition id of this round's messages
         self.client_seconds: list[float] = []
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
+        self.exp.refresh_nodes(wait=False)  # a node that came back trains from this round on
+        self.sent = {self.messenger.nodes[p]: p for p in sorted(self.messenger.nodes)}
         conf = ConfigRecord({
             **config,
             "server-round": server_round,
@@ -82,23 +96,34 @@ class CycleFedAvg(FedAvg):
                 dst_node_id=node,
                 message_type=MessageType.TRAIN,
             )
-            for node in self.order
+            for node in self.sent
         ]
 
     def aggregate_train(self, server_round: int, replies):
-        replies = list(replies)
         by_node = {r.metadata.src_node_id: r for r in replies}
-        node_to_pid = {n: p for p, n in self.messenger.nodes.items()}
-        problems = []
-        for node in self.order:
+        problems, lost, ordered = [], {}, []
+        for node, pid in self.sent.items():  # partition order
             reply = by_node.get(node)
-            if reply is None:
-                problems.append(f"partition {node_to_pid[node]} (node {node}): no reply")
+            reason = lost_reason(reply, self.cfg.reply_timeout_seconds)
+            if reason is not None:
+                lost[pid] = f"partition {pid} (node {node}): {reason}"
             elif reply.has_error():
-                problems.append(f"partition {node_to_pid[node]} (node {node}): {reply.error.reason}")
+                problems.append(f"partition {pid} (node {node}): {reply.error.reason}")
+            else:
+                ordered.append(reply)
         if problems:
-            raise ClientFailure(f"train round {server_round} of cycle {self.cycle} failed: " + "; ".join(problems))
-        ordered = [by_node[n] for n in self.order]
+            raise ClientFailure(f"train round {server_round} of cycle {self.cycle} failed: " + "; ".join(problems + list(lost.values())))
+        if lost:
+            need = self.exp.min_train_replies()
+            if len(ordered) < need:
+                raise ClientFailure(
+                    f"train round {server_round} of cycle {self.cycle}: {len(ordered)} of {len(self.exp.clients)} clients "
+                    f"replied, but train-min-fraction={self.cfg.train_min_fraction:g} needs {need}; lost: "
+                    + "; ".join(lost.values())
+                )
+            for pid, reason in lost.items():
+                log.warning("[FAL] cycle %d round %d: %s; the round goes on without it", self.cycle, server_round, reason)
+                self.messenger.lost.append({"message-type": "train", "round": server_round, "partition": pid, "reason": reason})
         self.client_seconds += [float(r.content["metrics"]["compute-seconds"]) for r in ordered]
         return super().aggregate_train(server_round, ordered)
 
@@ -150,7 +175,9 @@ class _Phase:
                 **((per_client or {}).get(pid, {})),
             }
             contents[pid] = self._content(config, include_model, None)
-        replies = self.send("select", contents)
+        replies = self.exp.messenger.send(
+            "query.select", contents, skip_lost=self.cfg.query_missing_client == "skip",
+        )
         this_round: dict[int, np.ndarray] = {}
         for pid, reply in replies.items():
             result = config_of(reply, "result")
@@ -204,43 +231,74 @@ class Experiment:
             before_retry=self.refresh_nodes,
         )
         self.clients: dict[int, ClientInfo] = {}
+        self.num_partitions = 0
+        self._retired: set[int] = set()  # node ids that served a partition now served by another node, or none
         self.pending_at_setup: dict[int, int] = {}  # initial labels a person has yet to give, by partition id
         self.device = pick_device(cfg.device)
-        self.test = test_data(cfg) if cfg.evaluation == "central" else None
         self.model_name = cfg.resolved_model()
+        self.test = None
+        # Regression test splits depend on the number of partitions: with num-clients=0 that is known after setup.
+        if cfg.evaluation == "central" and (cfg.task == "classification" or cfg.num_clients > 0):
+            self._load_test_data(cfg.num_clients or None)
         self._input_shape: tuple[int, ...] | None = self.test.input_shape if self.test else None
         self._has_batchnorm: bool | None = None
 
+    def _load_test_data(self, num_partitions: int | None) -> None:
+        self.test = test_data(self.cfg, num_partitions)
+        # a model that cannot take the data fails here, before any message is sent
+        check_model_fits(self.model_name, input_shape=self.test.input_shape, num_outputs=self.test.num_classes,
+                         dataset=self.cfg.dataset)
+
+    def min_train_replies(self) -> int:
+        """Training replies a FedAvg round needs (``train-min-fraction`` of the clients, at least one)."""
+        return max(1, math.ceil(self.cfg.train_min_fraction * len(self.clients) - 1e-9))
+
     # ---------------------------------------------------------------- setup
     def _wait_for_nodes(self) -> list[int]:
+        """num-clients=N: exactly N connected nodes; num-clients=0: at least one."""
+        wanted = max(self.cfg.num_clients, 1)
         deadline = time.monotonic() + self.cfg.node_wait_seconds
         while True:
             nodes = sorted(self.grid.get_node_ids())
-            if len(nodes) >= self.cfg.num_clients:
+            if len(nodes) >= wanted:
                 break
             if time.monotonic() > deadline:
+                what = f"num-clients={self.cfg.num_clients} but only" if self.cfg.num_clients else "num-clients=0 (use the connected nodes) but"
                 raise ClientFailure(
-                    f"num-clients={self.cfg.num_clients} but only {len(nodes)} node(s) connected within "
-                    f"node-wait-seconds={self.cfg.node_wait_seconds:g}"
+                    f"{what} {len(nodes)} node(s) connected within node-wait-seconds={self.cfg.node_wait_seconds:g}"
                 )
             time.sleep(1.0)
-        if len(nodes) > self.cfg.num_clients:
+        if self.cfg.num_clients and len(nodes) > self.cfg.num_clients:
             raise ValueError(
                 f"num-clients={self.cfg.num_clients} but {len(nodes)} nodes are connected; "
-                "set num-clients to the number of SuperNodes"
+                "set num-clients to the number of SuperNodes (or 0 to use the connected nodes)"
             )
         return nodes
 
-    def _setup(self, nodes: list[int]) -> dict[int, tuple[ClientInfo, int]]:
-        """Send ``query.setup`` to ``nodes``; (info, num-partitions) by partition id."""
+    def _setup(
+        self, nodes: list[int], *, skip_lost: bool = False, into: dict[int, tuple[ClientInfo, int]] | None = None,
+    ) -> dict[int, tuple[ClientInfo, int]]:
+        """Send ``query.setup`` to ``nodes``; (info, num-partitions) by partition id, added to ``into``.
+
+        With ``skip_lost`` a node that could not answer is left out (it is asked
+        again when it shows up next); an error its code raised fails.
+        """
         setup = RecordDict({"config": ConfigRecord({"initial-labels": self.strategy.initial_labels})})
         replies = self.messenger.send_to_nodes("query.setup", {n: setup for n in nodes})
-        errors = [f"node {n}: {r.error.reason}" for n, r in replies.items() if r.has_error()]
-        missing = [n for n in nodes if n not in replies]
-        if errors or missing:
-            raise ClientFailure("setup failed: " + "; ".join(errors + [f"node {n}: no reply" for n in missing]))
-        found: dict[int, tuple[ClientInfo, int]] = {}
+        problems = []
+        for n in nodes:
+            reason = lost_reason(replies.get(n), self.cfg.reply_timeout_seconds)
+            if reason is not None:
+                if not skip_lost:
+                    problems.append(f"node {n}: {reason}")
+            elif replies[n].has_error():
+                problems.append(f"node {n}: {replies[n].error.reason}")
+        if problems:
+            raise ClientFailure("setup failed: " + "; ".join(problems))
+        found = {} if into is None else into
         for node, reply in sorted(replies.items()):
+            if node not in nodes or reply.has_error():
+                continue
             r = config_of(reply.content, "result")
             pid = int(r["partition-id"])
             if pid in found:
@@ -254,6 +312,8 @@ class Experiment:
                 label_histogram=[int(v) for v in r["label-histogram"]] if "label-histogram" in r else None,
                 input_shape=tuple(int(v) for v in r["input-shape"]),
             )
+            if into is not None and int(r["num-partitions"]) != self.num_partitions:
+                raise ValueError(f"nodes disagree on num-partitions: {sorted({self.num_partitions, int(r['num-partitions'])})}")
             found[pid] = (info, int(r["num-partitions"]))
             self.pending_at_setup[pid] = int(r.get("pending", 0))
         return found
@@ -261,7 +321,10 @@ class Experiment:
     def discover(self) -> None:
         """Setup round: map partitions to nodes, check them, learn pool sizes."""
         nodes = self._wait_for_nodes()
-        found = self._setup(nodes)
+        declared = self.cfg.num_clients == 0
+        found = self._setup(nodes, skip_lost=declared)
+        if not found:
+            raise ClientFailure(f"setup: none of the {len(nodes)} connected node(s) answered")
         partitions_seen = {nparts for _, nparts in found.values()}
         if len(partitions_seen) != 1:
             raise ValueError(f"nodes disagree on num-partitions: {sorted(partitions_seen)}")
@@ -270,32 +333,76 @@ class Experiment:
             raise ValueError(
                 f"num-partitions={nparts} is fewer than the {len(nodes)} connected nodes; every node needs its own partition"
             )
+        self.num_partitions = nparts
+        if declared:
+            found = self._await_partitions(found, set(nodes))
         self.clients = {pid: info for pid, (info, _) in sorted(found.items())}
         self.messenger.nodes = {p: c.node_id for p, c in self.clients.items()}
 
-    def refresh_nodes(self) -> None:
-        """Re-map partitions when SuperNodes restarted (a restarted node has a new node id).
+    def _await_partitions(self, found: dict[int, tuple[ClientInfo, int]], asked: set[int]) -> dict[int, tuple[ClientInfo, int]]:
+        """num-clients=0: wait for a node of every declared partition; start without late ones if the policy allows."""
+        deadline = time.monotonic() + self.cfg.node_wait_seconds
+        while len(found) < self.num_partitions and time.monotonic() < deadline:
+            time.sleep(1.0)
+            new = sorted(set(self.grid.get_node_ids()) - asked)
+            asked.update(new)
+            if new:
+                self._setup(new, skip_lost=True, into=found)
+        missing = sorted(set(range(self.num_partitions)) - set(found))
+        if missing:
+            need = max(1, math.ceil(self.cfg.train_min_fraction * self.num_partitions - 1e-9))
+            if len(found) < need:
+                raise ClientFailure(
+                    f"num-clients=0: {len(found)} of num-partitions={self.num_partitions} partitions connected within "
+                    f"node-wait-seconds={self.cfg.node_wait_seconds:g} (missing {missing}); train-min-fraction="
+                    f"{self.cfg.train_min_fraction:g} needs {need}"
+                )
+            log.warning("[FAL] starting without partition(s) %s: they join when their nodes connect", missing)
+        return found
 
-        The new node answers ``query.setup`` from its ledger on disk: its labels
-        are reloaded, not bought again.
+    def refresh_nodes(self, wait: bool = True) -> None:
+        """Re-admit SuperNodes that restarted, or that were late (num-clients=0).
+
+        A node restarted without SuperNode authentication has a new node id; it
+        answers ``query.setup`` from its ledger on disk (its labels are reloaded,
+        not bought again) and takes over its partition. With ``wait``, first
+        wait up to node-wait-seconds while some partition has no connected node
+        and no new node has appeared (a restarting node needs a moment).
         """
         known = set(self.messenger.nodes.values())
-        current = set(self.grid.get_node_ids())
-        if current == known:
-            return
-        deadline = time.monotonic() + self.cfg.node_wait_seconds
-        while len(current) < len(self.clients) and time.monotonic() < deadline:
-            time.sleep(1.0)
+
+        def look() -> tuple[set[int], list[int]]:
             current = set(self.grid.get_node_ids())
-        new_nodes = sorted(current - known)
-        if not new_nodes:
+            return current, sorted(current - known - self._retired)
+
+        current, new = look()
+        if wait:
+            deadline = time.monotonic() + self.cfg.node_wait_seconds
+            while len(known - current) > len(new) and time.monotonic() < deadline:
+                time.sleep(1.0)
+                current, new = look()
+        if not new:
             return
-        for pid, (info, _) in self._setup(new_nodes).items():
-            if pid not in self.clients:
-                raise ValueError(f"a node with an unknown partition-id {pid} joined the running experiment")
-            log.info("partition %d moved from node %d to node %d", pid, self.clients[pid].node_id, info.node_id)
+        found = self._setup(new, skip_lost=True)
+        self._retired.update(set(new) - {info.node_id for info, _ in found.values()})  # not a client: do not ask again
+        admitted = False
+        for pid, (info, nparts) in sorted(found.items()):
+            if pid in self.clients:
+                log.info("[FAL] partition %d re-admitted: node %d -> node %d", pid, self.clients[pid].node_id, info.node_id)
+                self._retired.add(self.clients[pid].node_id)
+            elif self.cfg.num_clients == 0 and nparts == self.num_partitions:
+                log.info("[FAL] partition %d joined late on node %d", pid, info.node_id)
+                admitted = True
+            else:
+                log.warning("[FAL] node %d serves partition-id %d, which is not in this experiment; ignored", info.node_id, pid)
+                self._retired.add(info.node_id)
+                continue
             self.clients[pid] = info
             self.messenger.nodes[pid] = info.node_id
+        if admitted:
+            self.clients = dict(sorted(self.clients.items()))
+            self.messenger.nodes = dict(sorted(self.messenger.nodes.items()))
+            self.recorder.set_clients(self._client_records())
 
     def check_budgets(self) -> None:
         """Impossible budgets fail here, before any training."""
@@ -331,7 +438,13 @@ class Experiment:
     def recompute_batchnorm(self, arrays: ArrayRecord) -> ArrayRecord:
         """Install the clients' pooled BatchNorm statistics of ``arrays`` (see fal_shared.batchnorm)."""
         content = RecordDict({"global-model": arrays, "config": ConfigRecord({})})
-        replies = self.messenger.send("query.bn_stats", {p: content for p in self.clients})
+        # A site lost since its last training reply is left out, as in a FedAvg round (train-min-fraction).
+        replies = self.messenger.send("query.bn_stats", {p: content for p in self.clients}, skip_lost=True)
+        if len(replies) < self.min_train_replies():
+            raise ClientFailure(
+                f"query.bn_stats: {len(replies)} of {len(self.clients)} clients replied, but "
+                f"train-min-fraction={self.cfg.train_min_fraction:g} needs {self.min_train_replies()}"
+            )
         parts = [{k: v.numpy() for k, v in reply["moments"].items()} for reply in replies.values()]
         state = install_statistics(arrays.to_torch_state_dict(), pooled_statistics(parts))
         return ArrayRecord(state)
@@ -379,6 +492,11 @@ class Experiment:
         return result
 
     # ----------------------------------------------------------------- loop
+    def _client_records(self) -> dict[str, Any]:
+        return {
+            str(p): {"node-id": c.node_id, "data-size": c.data_size, "initial-labeled": c.labeled} for p, c in self.clients.items()
+        }
+
     def _save_checkpoint(self, cycle: int, stage: str, arrays: ArrayRecord, record: dict[str, Any],
                          seconds: dict[str, float], before: dict[str, Any]) -> None:
         if self.checkpoint is not None:
@@ -405,6 +523,9 @@ class Experiment:
         self.discover()
         if self.resume is None:
             self.check_budgets()  # (on resume the pools hold the labels bought since)
+        if cfg.evaluation == "central" and self.test is None:  # num-clients=0: the partitions are known now
+            self._load_test_data(self.num_partitions)
+            self._input_shape = self.test.input_shape
         if self._input_shape is None:  # federated evaluation: the server holds no data, the clients say
             self._input_shape = next(iter(self.clients.values())).input_shape
         total_data = sum(c.data_size for c in self.clients.values())
@@ -413,13 +534,12 @@ class Experiment:
             if any(self.pending_at_setup.values()):  # people give the initial labels too
                 waited = wait_for_labels(self.messenger, self.clients, cfg, self.pending_at_setup, run_name=self.run_name)
                 self.recorder.data["initial-labeling"] = waited
-            self.recorder.set_clients({
-                str(p): {"node-id": c.node_id, "data-size": c.data_size, "initial-labeled": c.labeled} for p, c in self.clients.items()
-            })
+            self.recorder.set_clients(self._client_records())
             arrays = self.fresh_model(0)
         else:
             start, stage, arrays = self._restore(self.resume)
         for cycle in range(start, cfg.num_cycles + 1):
+            lost_before = len(self.messenger.lost)
             if stage:  # resumed within this cycle: its training and evaluation are done
                 record, seconds, before = self.resume["record"], self.resume["seconds"], self.resume["traffic-before"]
             else:
@@ -438,6 +558,8 @@ class Experiment:
             stage = ""
             record["seconds"] = seconds
             record["traffic"] = TrafficMeter.diff(self.meter.snapshot(), before)
+            if len(self.messenger.lost) > lost_before:
+                record["lost-clients"] = self.messenger.lost[lost_before:]
             self.recorder.add_cycle(record)
         final = self.recorder.data["cycles"][-1]["evaluation"]
         totals = {"traffic": self.meter.snapshot(), "final-evaluation": final}
@@ -453,13 +575,13 @@ class Experiment:
         cfg = self.cfg
         before = self.meter.snapshot()
         seconds: dict[str, float] = {}
-        self.refresh_nodes()
+        self.refresh_nodes(wait=False)
         rounds = int(self.strategy.train_rounds(cycle))
         if rounds > 0 and any(c.labeled > 0 for c in self.clients.values()):
             if cycle > 0 and cfg.model_init == "reinit":
                 arrays = self.fresh_model(cycle)
             t0 = time.perf_counter()
-            fedavg = CycleFedAvg(cfg, self.messenger, cycle)
+            fedavg = CycleFedAvg(self, cycle)
             result = fedavg.start(
                 grid=self.grid, initial_arrays=arrays, num_rounds=rounds,
                 timeout=cfg.reply_timeout_seconds, train_config=ConfigRecord({"cycle": cycle}),

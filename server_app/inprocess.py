@@ -22,6 +22,7 @@ __all__ = ["InProcessGrid"]
 class InProcessGrid(Grid):
     def __init__(self, client_app: ClientApp, run_config: dict[str, Any], node_configs: list[dict[str, Any]]) -> None:
         self.client_app = client_app
+        self.in_process = True  # MeteredGrid: answers synchronously, no push/pull
         # Messages read the run id from the process's task identity, which
         # Flower's runtimes set; here we are the runtime.
         TaskIdentity.run_id = 1
@@ -103,7 +104,7 @@ def run_inprocess(
     from server_app.app import run_experiment
 
     run_config = {**RunConfig().to_flower(), **overrides}
-    n = int(num_clients or run_config["num-clients"])
+    n = int(num_clients or run_config["num-clients"] or 10)
     run_config["num-clients"] = n
     extra = node_configs or [{}] * n
     grid = InProcessGrid(client_app, run_config, [{"partition-id": i, "num-partitions": n, **extra[i]} for i in range(n)])

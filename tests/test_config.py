@@ -51,7 +51,12 @@ def test_every_setting_is_documented():
         ({"model": "vgg"}, "model: unknown model 'vgg'; valid: auto, resnet8"),
         ({"output-dir": "relative/path"}, "output-dir: must be an absolute path"),
         ({"query-model": "other"}, "query-model: got 'other'; allowed values: 'global', 'local' or 'local-only'"),
-        ({"num-clients": 0}, "num-clients"),
+        ({"num-clients": -1}, "num-clients"),
+        ({"strategy": "random", "dataset": "diabetes", "model": "resnet8"},
+         "model: 'resnet8' is an image model, but dataset 'diabetes' is a regression dataset"),
+        ({"dataset": "digits", "model": "linear"}, "model: 'linear' is the regression model"),
+        ({"train-min-fraction": 0}, "train-min-fraction"),
+        ({"query-missing-client": "retry"}, "query-missing-client: got 'retry'; allowed values: 'skip' or 'fail'"),
     ],
 )
 def test_bad_values_name_the_setting(overrides, fragment):

@@ -1,4 +1,5 @@
-"""Real Flower processes: a simulation run, a crashed run, a local deployment.
+"""Real Flower processes: a simulation run, a crashed run, a local deployment with
+TLS and SuperNode authentication, and a SuperNode killed in the middle of a round.
 
 These start a private SuperLink (and SuperNodes) on free localhost ports and
 stop every process they started, by process group.
@@ -8,6 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -64,18 +68,115 @@ def test_bad_config_fails_before_any_process_starts(capsys):
     assert "unknown strategy 'nope'; valid strategies:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("run_config, message", [
+    ('strategy="random" dataset="diabetes" model="resnet8"', "model: 'resnet8' is an image model, but dataset 'diabetes'"),
+    ('model="cnn4conv"', "model: 'cnn4conv' cannot take dataset 'digits' (input shape (1, 8, 8)): model 'cnn4conv' needs images of at least 16 pixels"),
+])
+def test_model_that_cannot_take_the_data_fails_before_any_process_starts(run_config, message, capsys, monkeypatch):
+    monkeypatch.setattr(FlowerEnvironment, "start_superlink", lambda self: pytest.fail("a SuperLink was started"))
+    assert simulate.main(["--app", str(ROOT), "--run-config", run_config]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_failed_run_prints_the_serverapps_error(tmp_path, capsys):
+    # found only inside the run (it needs the partitions' sizes): the launcher must say why, not only "failed"
+    rc = simulate.main([
+        "--app", str(ROOT),
+        "--run-config", f'num-clients=2 budget-mode="count" budget-count=5000 num-cycles=1 output-dir="{tmp_path}" '
+                        f'state-dir="{tmp_path}/state" run-name="bad-budget"',
+    ])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "ended as 'finished:failed'" in err
+    assert "the ServerApp's error: ValueError: budget-count: 5000 labels x 1 cycles = 5000 exceeds the largest client pool" in err
+
+
 def test_local_deployment_superlink_and_supernodes(tmp_path, capsys):
     out, state = tmp_path / "results", tmp_path / "state"
     rc = deploy.main([
-        "--app", str(ROOT), "--num-supernodes", "2",
+        "--app", str(ROOT), "--num-supernodes", "2", "--tls",
         "--run-config", f'{FAST} strategy="random" output-dir="{out}" state-dir="{state}" run-name="dep"',
     ])
     printed = capsys.readouterr().out
     assert rc == 0, printed
-    assert "deployment: 1 SuperLink + 2 SuperNodes" in printed
+    assert "deployment: 1 SuperLink + 2 SuperNodes, TLS, SuperNode authentication" in printed
     data = json.loads((out / "dep" / "results.json").read_text())
     assert data["status"] == "completed"
     for pid in ("0", "1"):
         ledger = json.loads((state / "dep" / f"partition-{pid}.json").read_text())
         bought = [e[0] for e in ledger["entries"]]
         assert len(bought) == len(set(bought)) == data["cycles"][-1]["labeled-per-client"][pid]
+
+
+class _RestartPolicy(threading.Thread):
+    """Restart a SuperNode whenever it exits, as a site's supervisor would (docker's restart policy).
+
+    With SuperNode authentication the SuperLink refuses the node's key while it
+    still counts the killed process as online (Flower's heartbeat: up to 60 s),
+    and flower-supernode exits; it is started again until it stays.
+    """
+
+    def __init__(self, env: FlowerEnvironment, pid: int, n: int, state: Path) -> None:
+        super().__init__(daemon=True)
+        self.env, self.pid, self.n, self.state = env, pid, n, state
+        self.stop = threading.Event()
+        self.starts = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            proc = self.env.supernodes.get(self.pid)
+            if proc is None or proc.poll() is not None:
+                self.env.start_supernode(self.pid, self.n, state_dir=self.state)
+                self.starts += 1
+            self.stop.wait(2.0)
+
+
+def test_deployment_survives_a_supernode_killed_mid_round(tmp_path):
+    """Kill one SuperNode (SIGKILL, as a power cut) during a training round of cycle 1 and let it
+    restart: the run completes, its ledger keeps every label bought before, nothing is bought twice,
+    and it is re-admitted (it buys its budget in cycle 1's query)."""
+    out, state, n = tmp_path / "results", tmp_path / "state", 3
+    run_config = {
+        "rounds-per-cycle": 2, "local-epochs": 1, "num-cycles": 2, "train-subset-size": 300, "strategy": "entropy",
+        "num-clients": n, "output-dir": str(out), "state-dir": str(state), "run-name": "fault",
+        "train-min-fraction": 0.5, "query-missing-client": "fail",  # the restarted site must come back to label
+    }
+    ledger = state / "fault" / "partition-1.json"
+    with FlowerEnvironment(ROOT, simulation=False, tls=True) as env:
+        env.start_superlink()
+        for pid in range(n):
+            env.start_supernode(pid, n, state_dir=state)
+        outcome: dict = {}
+
+        def run() -> None:
+            try:
+                outcome["run-id"] = env.run(run_config, timeout=1500, verbose=False)
+            except BaseException as err:  # reported below
+                outcome["error"] = err
+
+        runner = threading.Thread(target=run)
+        runner.start()
+        log, cycle_1_training = env.log_dir / "flwr-run.log", False
+        while runner.is_alive() and not cycle_1_training:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            # the ServerApp logs "[ROUND 1/2]" as it sends the first training round of cycle 1
+            cycle_1_training = "[ROUND 1/2]" in text.partition("[FAL] cycle 0:")[2]
+            time.sleep(0.2)
+        assert cycle_1_training, outcome
+        before = [e[0] for e in json.loads(ledger.read_text())["entries"]]
+        env.kill_supernode(1)
+        supervisor = _RestartPolicy(env, 1, n, state)
+        supervisor.start()
+        runner.join(timeout=1500)
+        supervisor.stop.set()
+        supervisor.join()
+        assert "error" not in outcome, outcome.get("error")
+    data = json.loads((out / "fault" / "results.json").read_text())
+    assert data["status"] == "completed"
+    cycle1 = data["cycles"][1]
+    assert ("train", 1) in [(e["message-type"], e["partition"]) for e in cycle1.get("lost-clients", [])], cycle1
+    assert len(cycle1["selected-ids"]["1"]) == cycle1["budgets"]["1"] > 0, "re-admitted: it bought its budget"
+    after = [e[0] for e in json.loads(ledger.read_text())["entries"]]
+    assert after[: len(before)] == before, "every label bought before the kill is still in the ledger"
+    assert len(after) == len(set(after)) == data["cycles"][-1]["labeled-per-client"]["1"], "none bought twice"
+    assert supervisor.starts >= 1

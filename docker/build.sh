@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Build the fal-flower image from a clean machine (Docker 20.10's classic builder is enough).
+#
+#   docker/build.sh                       FROM python:3.11-slim, dependencies from the registry
+#   docker/build.sh --debian-base         FROM fal-base:bookworm, bootstrapped once from Debian
+#                                         packages with mmdebstrap (no container registry needed)
+#   docker/build.sh --host-ca             trust this host's local CAs while building
+#                                         (a TLS-inspecting proxy re-signs outbound TLS)
+#   docker/build.sh --ca FILE.crt         ... or this CA certificate (repeatable)
+#   docker/build.sh --wheelhouse          offline build: `pip download` the wheels on the host
+#                                         (its pip cache makes that fast) and serve them to the
+#                                         build over the docker0 bridge; the image build itself
+#                                         reaches no registry
+#   docker/build.sh --wheelhouse-dir DIR  the same with wheels already in DIR
+#   --tag NAME (default fal-flower:latest), --base IMAGE, --uid UID (default 1000)
+#
+# Prints how long it took. Needs docker (DOCKER_HOST as usual); --debian-base needs root
+# and mmdebstrap; --wheelhouse needs the project's venv (.venv) or a python3 (>= 3.11) with pip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+tag=fal-flower:latest
+base=python:3.11-slim
+debian_base=""
+uid=1000
+wheelhouse=""
+cas=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --tag) tag=$2; shift ;;
+    --base) base=$2; shift ;;
+    --debian-base) debian_base=fal-base:bookworm ;;
+    --uid) uid=$2; shift ;;
+    --host-ca) for f in /usr/local/share/ca-certificates/*.crt; do [ -e "$f" ] && cas+=("$f"); done ;;
+    --ca) cas+=("$2"); shift ;;
+    --wheelhouse) wheelhouse=download ;;
+    --wheelhouse-dir) wheelhouse=$(realpath "$2"); shift ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+start=$(date +%s)
+export DOCKER_BUILDKIT=0  # Debian's docker.io has no BuildKit; the classic builder is enough
+server_pid=""
+workdir=$(mktemp -d)
+cleanup() {
+    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+    find docker/ca -name '*.crt' -delete
+    rm -rf "$workdir" docker/.requirements.txt
+}
+trap cleanup EXIT
+
+if [ -n "$debian_base" ]; then
+    base=$debian_base
+    if ! docker image inspect "$base" >/dev/null 2>&1; then
+        echo "[build] bootstrapping $base from Debian packages (mmdebstrap)" >&2
+        mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
+            bookworm - | docker import --change 'CMD ["python3"]' - "$base"
+        echo "[build] $base ready after $(( $(date +%s) - start )) s" >&2
+    fi
+fi
+
+# Extra CAs: copied into the build context for this build only (never committed).
+find docker/ca -name '*.crt' -delete
+for f in "${cas[@]}"; do
+    cp "$f" "docker/ca/$(basename "${f%.*}").crt"
+done
+
+# The dependency list alone, so the image's dependency layer is keyed on it, not on all of pyproject.toml.
+py=python3
+[ -x .venv/bin/python ] && py=.venv/bin/python
+"$py" -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+    > docker/.requirements.txt
+
+pip_source=""
+if [ -n "$wheelhouse" ]; then
+    if [ "$wheelhouse" = download ]; then
+        wheelhouse=$workdir/wheels
+        "$py" -m pip download --quiet --only-binary=:all: --dest "$wheelhouse" \
+            -r docker/.requirements.txt pip "setuptools>=77"
+        echo "[build] wheels downloaded after $(( $(date +%s) - start )) s ($(du -sh "$wheelhouse" | cut -f1))" >&2
+    fi
+    # Serve the wheelhouse on the bridge's gateway address, where build containers reach the host.
+    gateway=$(ip -4 -o addr show docker0 2>/dev/null | awk '{print $4}' | cut -d/ -f1)
+    [ -n "$gateway" ] || gateway=$(docker network inspect bridge --format '{{range .IPAM.Config}}{{.Gateway}}{{end}}')
+    [ -n "$gateway" ] || { echo "[build] cannot find the docker0 bridge address to serve the wheelhouse on" >&2; exit 1; }
+    # A fixed URL: build arguments are part of the layer cache key.
+    port=${FAL_WHEELHOUSE_PORT:-8765}
+    python3 -m http.server --bind "$gateway" --directory "$wheelhouse" "$port" >/dev/null 2>&1 &
+    server_pid=$!
+    pip_source="http://$gateway:$port/"
+    # Wait until it serves this wheelhouse (a slow start, or another server on the port, fails the build's pip).
+    probe="$pip_source$(ls "$wheelhouse" | head -1)"
+    served=""
+    for _ in $(seq 1 60); do
+        kill -0 "$server_pid" 2>/dev/null || break
+        if python3 -c "import urllib.request; urllib.request.urlopen('$probe', timeout=2).close()" 2>/dev/null; then
+            served=1; break
+        fi
+        sleep 0.5
+    done
+    [ -n "$served" ] || { echo "[build] could not serve the wheelhouse on $pip_source (port busy? set FAL_WHEELHOUSE_PORT)" >&2; exit 1; }
+fi
+
+docker build --file docker/Dockerfile --tag "$tag" \
+    --build-arg "BASE_IMAGE=$base" --build-arg "FAL_UID=$uid" --build-arg "PIP_SOURCE=$pip_source" .
+echo "[build] $tag from $base built in $(( $(date +%s) - start )) s" \
+     "($(docker image inspect "$tag" --format '{{.Size}}' | awk '{printf "%.1f GB", $1/1e9}'))" >&2
