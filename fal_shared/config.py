@@ -29,6 +29,7 @@ from fal_shared.settings.common import SettingsBase as _Base
 from fal_shared.settings.common import setting
 from fal_shared.settings.fairfal import FairfalSettings
 from fal_shared.settings.fale import FaleSettings
+from fal_shared.settings.regression import RegressionBaselineSettings
 
 __all__ = [
     "ConfigError",
@@ -169,7 +170,7 @@ class RuntimeSettings(_Base):
 
 
 class RunConfig(
-    FaleSettings, FairfalSettings, AhfalSettings, BaselineSettings,
+    RegressionBaselineSettings, FaleSettings, FairfalSettings, AhfalSettings, BaselineSettings,
     RuntimeSettings, QuerySettings, TrainingSettings, ScheduleSettings, ExperimentSettings):
     """Every run-config key.
 
