@@ -174,7 +174,10 @@ class _Phase:
 class Experiment:
     """One FAL experiment on a Grid (real, simulated, or in-process for tests)."""
 
-    def __init__(self, grid: Grid, cfg: RunConfig, *, run_name: str, recorder: ResultsRecorder) -> None:
+    def __init__(
+        self, grid: Grid, cfg: RunConfig, *, run_name: str, recorder: ResultsRecorder,
+        strategy_defaults: Mapping[str, Any] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.meter = TrafficMeter()
         self.grid = MeteredGrid(grid, self.meter)
@@ -185,6 +188,7 @@ class Experiment:
         self.messenger = Messenger(
             self.grid, run_name=run_name, timeout=cfg.reply_timeout_seconds, retries=cfg.query_retries,
             before_retry=self.refresh_nodes,
+            run_config_defaults=strategy_defaults,  # every client applies the strategy's defaults as the server did
         )
         self.clients: dict[int, ClientInfo] = {}
         self.device = pick_device(cfg.device)
