@@ -73,6 +73,28 @@ def test_fale_library_path_matches_the_app(tmp_path):
     assert results["cycles"][1]["evaluation"]["mse"] == pytest.approx(bench.linear_mse(point.theta, test, cfg), rel=1e-6)
 
 
+def test_fale_over_several_cycles_is_the_library_curve(tmp_path):
+    """num-cycles=3: one FedSVD, nested selections at ceil(n_q (c+1) / 3), each the library's point at that budget."""
+    run = settings(tmp_path, strategy="fale", evaluation="federated", **{"num-cycles": 3, "fale-budget-count": 60})
+    results = run_inprocess(run, num_clients=K)
+    cfg = RunConfig.model_validate(run)
+    parts, test = data(cfg)
+    curve = bench.fale_curve([client_features(p.x, False) for p in parts], [p.y for p in parts], [20, 40, 60],
+                             seed=cfg.seed, block_size=cfg.fale_block_size)
+    held: set = set()
+    for c, point in enumerate(curve):
+        cycle = results["cycles"][c]
+        new = {(p, int(np.searchsorted(parts[p].ids, i))) for p in range(K) for i in cycle["selected-ids"][str(p)]}
+        assert not new & held  # every client bought only rows it did not hold yet
+        held |= new
+        assert held == set(point.selected) and cycle["strategy"]["fale"]["n-query"] == point.n_query
+        assert results["cycles"][c + 1]["labeled"] == point.n_query
+        assert results["cycles"][c + 1]["evaluation"]["mse"] == pytest.approx(bench.linear_mse(point.theta, test, cfg), rel=1e-6)
+    # the FedSVD ran once; later cycles only sample further, label and refit
+    assert set(results["cycles"][1]["traffic"]) == {"evaluate", "query.fale_label", "query.fale_model"}
+    assert set(results["cycles"][0]["traffic"]) > {"query.fale_mask", "query.fale_scores"}
+
+
 def test_fale_local_library_path_matches_the_app(tmp_path):
     run = settings(tmp_path, strategy="fale-local", **{"fale-budget-count": 60})
     results = run_inprocess(run, num_clients=K)

@@ -136,3 +136,28 @@ def test_lost_label_reply_is_retried_without_buying_twice(tmp_path):
     results = run_experiment(grid, run_config)
     assert grid.dropped and results["status"] == "completed"
     assert results["cycles"][1]["labeled"] == 40
+
+
+def test_lost_label_reply_in_a_later_cycle_is_retried_without_buying_twice(tmp_path):
+    # cycle 1 extends cycle 0's selection: the client buys only its new rows, and a retry replays that purchase
+    run_config = {**RunConfig().to_flower(), **overrides(tmp_path, **{"num-cycles": 2}), "num-clients": N_CLIENTS}
+    grid = InProcessGrid(client_app, run_config, [{"partition-id": i, "num-partitions": N_CLIENTS} for i in range(N_CLIENTS)])
+    original = grid.send_and_receive
+    seen = []
+
+    def drop_second_label_reply(messages, *, timeout=None):
+        messages = list(messages)
+        if messages and messages[0].metadata.message_type == "query.fale_label":
+            seen.append(len(messages))
+            if len(seen) == 2:  # cycle 1's label round, first attempt
+                grid.drop_reply_next.add(messages[0].metadata.dst_node_id)
+        return original(messages, timeout=timeout)
+
+    grid.send_and_receive = drop_second_label_reply
+    results = run_experiment(grid, run_config)
+    assert results["status"] == "completed" and seen == [N_CLIENTS, N_CLIENTS, 1]  # one client re-asked
+    c0, c1, c2 = results["cycles"]
+    assert c1["labeled"] == 20 and c2["labeled"] == 40  # ceil(40 x 1/2), then 40
+    for pid in range(N_CLIENTS):
+        ledger = LabelLedger(tmp_path / "state" / "t" / f"partition-{pid}.json", task="regression")
+        assert sorted(ledger.labeled_ids().tolist()) == sorted(c0["selected-ids"][str(pid)] + c1["selected-ids"][str(pid)])
