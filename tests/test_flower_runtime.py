@@ -79,3 +79,21 @@ def test_local_deployment_superlink_and_supernodes(tmp_path, capsys):
         ledger = json.loads((state / "dep" / f"partition-{pid}.json").read_text())
         bought = [e[0] for e in ledger["entries"]]
         assert len(bought) == len(set(bought)) == data["cycles"][-1]["labeled-per-client"][pid]
+
+
+def test_flwr_run_tells_the_serverapp_which_keys_the_user_set(tmp_path):
+    # num-cycles=3 equals the generic default: only flwr run's override config shows it was set, so FALE
+    # keeps it (its own default is 10) and supplies only evaluation="federated", which the clients apply too
+    out = tmp_path / "results"
+    run_config = {
+        "strategy": "fale", "dataset": "diabetes", "num-clients": 2, "num-cycles": 3, "fale-budget-count": 30,
+        "output-dir": str(out), "state-dir": str(tmp_path / "state"), "run-name": "fale",
+    }
+    with FlowerEnvironment(ROOT, simulation=True) as env:
+        env.start_superlink()
+        env.run(run_config, federation_config="num-supernodes=2 client-resources-num-cpus=1", verbose=False)
+    data = json.loads((out / "fale" / "results.json").read_text())
+    assert data["status"] == "completed" and data["strategy-defaults"] == {"evaluation": "federated"}
+    assert data["config"]["num-cycles"] == 3 and len(data["cycles"]) == 4
+    assert [c["labeled"] for c in data["cycles"]] == [0, 10, 20, 30]
+    assert all(c["evaluation"]["where"] == "federated" for c in data["cycles"])
