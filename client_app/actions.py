@@ -18,11 +18,12 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client_app.session import ClientSession
 from fal_shared.registry import Registry
-from fal_shared.training import TrainSettings, evaluate, train_model
+from fal_shared.batchnorm import moment_sums
+from fal_shared.training import DEVICE_CACHE, evaluate, train_model
 from fal_shared.wire import config_of, int_list
 from query import PoolContext, get_selector, run_selection
 from query.models import ModelBank
@@ -55,17 +56,15 @@ def handle_train(session: ClientSession, content: RecordDict) -> RecordDict:
     conf = config_of(content)
     model = session.model_from(content["arrays"])
     _, x, y = session.labeled()
-    settings = TrainSettings(
-        epochs=cfg.local_epochs,
-        batch_size=cfg.batch_size,
-        lr=float(conf.get("lr", cfg.lr)),
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-        optimizer=cfg.optimizer,
-        task=session.data.task,
+    settings = session.train_settings(epochs=cfg.local_epochs, lr=float(conf.get("lr", cfg.lr)))
+    cycle, server_round = int(conf["cycle"]), int(conf["server-round"])
+    seed = int(np.random.default_rng(session.query_seed(cycle, server_round)).integers(2**31))
+    optimizer_state = session.optimizer_state(cycle, server_round)
+    report = train_model(
+        model, x, y, settings, seed=seed, device=session.device, normalize=session.data.normalize,
+        optimizer_state=optimizer_state,
     )
-    seed = int(np.random.default_rng(session.query_seed(int(conf["cycle"]), int(conf["server-round"]))).integers(2**31))
-    report = train_model(model, x, y, settings, seed=seed, device=session.device, normalize=session.data.normalize)
+    session.store_optimizer_state(cycle, report.optimizer_state)
     session.store_local_model(model)
     metrics = {
         "num-examples": len(y),
@@ -95,9 +94,9 @@ def handle_evaluate(session: ClientSession, content: RecordDict) -> RecordDict:
         model = session.model_from(content["arrays"])
     data = session.data
     result = evaluate(
-        model, data.x_test, data.y_test, num_classes=data.num_classes,
+        model, DEVICE_CACHE.get(data.x_test, session.device), data.y_test, num_classes=data.num_classes,
         batch_size=session.cfg.score_batch_size, device=session.device,
-        task=data.task, normalize=data.normalize,
+        task=data.task, normalize=data.normalize, precision=session.cfg.precision,
     )
     metrics: dict = {"num-examples": int(result["num-examples"]), "compute-seconds": time.perf_counter() - start}
     if data.task == "regression":
@@ -128,9 +127,32 @@ def setup(session: ClientSession, content: RecordDict) -> RecordDict:
         "input-shape": list(session.data.input_shape),
         "ledger": str(session.ledger_path),
     }
+    if len(session.ledger.pending_ids()):  # people give the initial labels: the server waits for them
+        config["pending"] = len(session.ledger.pending_ids())
     if session.cfg.record_label_histograms:
         config["label-histogram"] = session.label_histogram()
     return _reply(config, {"compute-seconds": time.perf_counter() - start})
+
+
+@query_action("bn_stats")
+def bn_stats(session: ClientSession, content: RecordDict) -> RecordDict:
+    """Moment sums of the BatchNorm inputs of the received model over this client's whole partition.
+
+    Labeled and unlabeled samples alike (statistics need no labels). The reply
+    is per-channel count / sum / sum of squares per layer
+    (:func:`fal_shared.batchnorm.moment_sums`); the server pools them into the
+    global model's running statistics (``bn-statistics=recompute``).
+    """
+    start = time.perf_counter()
+    model = session.model_from(content["global-model"])
+    sums = moment_sums(
+        model, DEVICE_CACHE.get(session.data.x, session.device), batch_size=session.cfg.batch_size,
+        device=session.device, normalize=session.data.normalize,
+    )
+    return RecordDict({
+        "moments": ArrayRecord({k: Array(v) for k, v in sums.items()}),
+        "metrics": MetricRecord({"compute-seconds": time.perf_counter() - start}),
+    })
 
 
 def model_bank(session: ClientSession, content: RecordDict, x_pool: np.ndarray, x_labeled: np.ndarray, cycle: int) -> ModelBank:
@@ -169,15 +191,27 @@ def select(session: ClientSession, content: RecordDict) -> RecordDict:
             task=session.data.task,
         )
         outcome = run_selection(get_selector(str(conf["selector"])), ctx)
-        bought = session.buy(outcome.ids, cycle=cycle, strategy=str(conf["strategy"]), token=token)
+        hints = None
+        if session.person_oracle:  # what helps the person: pick order, the global model's guess
+            from client_app.labeling import label_hints
+
+            global_model = session.model_from(content["global-model"]) if "global-model" in content.array_records else None
+            hints = label_hints(session, outcome.ids, global_model)
+        bought = session.buy(outcome.ids, cycle=cycle, strategy=str(conf["strategy"]), token=token,
+                             hints=hints, can_wait=True)
         select_seconds, diagnostics, timings = outcome.seconds, outcome.diagnostics, outcome.timings
     else:
         select_seconds, diagnostics, timings = 0.0, {"replayed": True}, {}
     config = {
         "selected-ids": int_list(bought),
         "labeled": len(session.ledger),
-        "pool-size": len(session.data.ids) - len(session.ledger),
+        "pool-size": len(session.data.ids) - len(session.ledger.unavailable_ids()),
     }
+    pending = len(session.ledger.pending_ids())
+    if pending:  # people label here: the server waits for them (query.labels)
+        config["pending"] = pending
+    if session.oracle_notes:
+        config["notes"] = session.oracle_notes
     for key, value in diagnostics.items():
         if isinstance(value, (int, float, str, bool)):
             config[f"diag-{key}"] = value
@@ -186,3 +220,25 @@ def select(session: ClientSession, content: RecordDict) -> RecordDict:
     metrics = {"compute-seconds": time.perf_counter() - start, "selection-seconds": select_seconds}
     metrics.update({f"selection-seconds-{name}": float(v) for name, v in timings.items()})  # a selector's own phases
     return _reply(config, metrics)
+
+
+@query_action("labels")
+def labels(session: ClientSession, content: RecordDict) -> RecordDict:
+    """Read the labels people gave since the last look, record them, say how many are still pending.
+
+    Sent by the server while it waits for labels (``server_app.labels``); a site
+    whose oracle answers at once has nothing pending and answers at once.
+    """
+    start = time.perf_counter()
+    report = session.collect_labels()
+    config = {
+        "pending": len(session.ledger.pending_ids()),
+        "new-labels": len(report.labeled),
+        "skipped-ids": int_list(report.skipped),
+        "labeled": len(session.ledger),
+        "pool-size": len(session.data.ids) - len(session.ledger.unavailable_ids()),
+        "notes": [str(n) for n in report.notes],
+    }
+    if session.cfg.record_label_histograms:
+        config["label-histogram"] = session.label_histogram()
+    return _reply(config, {"compute-seconds": time.perf_counter() - start})

@@ -15,21 +15,24 @@ from typing import Any
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
-from flwr.app import ArrayRecord, Context
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from torch import nn
 
 from client_app.ledger import LabelLedger
-from client_app.oracle import GroundTruthOracle, Oracle
+from client_app.oracle import LabelRequest, Oracle, OracleUnavailable, PersonOracle
+from client_app.oracles import make_oracle
+from fal_shared.batchnorm import recompute_statistics
 from fal_shared.config import RunConfig, parse_run_config
 from fal_shared.experiment_data import ClientData, client_data
 from fal_shared.models import build_model
-from fal_shared.training import Prediction, TrainSettings, pick_device, predict, train_model
+from fal_shared.training import DEVICE_CACHE, Prediction, TrainSettings, pick_device, predict, train_model
 
 __all__ = ["ClientSession", "INITIAL_TOKEN"]
 
 INITIAL_TOKEN = "initial"
 LOCAL_MODEL_KEY = "local-model"
 LOCAL_ONLY_KEY = "local-only-model"
+OPTIMIZER_KEY = "optimizer-state"
 
 
 def _safe(name: str) -> str:
@@ -61,24 +64,33 @@ class ClientSession:
         state_root = Path(node_state_dir).expanduser() if node_state_dir else self.cfg.state_root()
         self.ledger_path = state_root / _safe(run_name) / f"partition-{self.partition_id}.json"
         self.ledger = LabelLedger(self.ledger_path, task=self.data.task)
-        self.oracle: Oracle = GroundTruthOracle(self.data.ids, self.data.y)
+        self.oracle: Oracle | PersonOracle = make_oracle(dict(context.node_config), self.data, state_root)
+        self.oracle_notes: list[str] = []  # problems with the labeling tool, for the server's log
         self.device = pick_device(self.cfg.device)
         self.model_name = self.cfg.resolved_model()
 
     # ------------------------------------------------------------ label sets
-    def labeled(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(ids, x, y) of the labels bought so far."""
+    def inputs(self, rows: np.ndarray) -> torch.Tensor:
+        """Stored inputs of partition rows ``rows``, gathered on the device.
+
+        The whole partition stays on the device for the life of the process
+        (:data:`DEVICE_CACHE`), so FedAvg rounds and queries do not copy it again.
+        """
+        return DEVICE_CACHE.rows(self.data.x, rows, self.device)
+
+    def labeled(self) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+        """(ids, x on the device, y) of the labels bought so far."""
         ids = self.ledger.labeled_ids()
         rows = self.data.rows(ids) if len(ids) else np.zeros(0, dtype=np.int64)
-        return ids, self.data.x[rows], self.ledger.labels()
+        return ids, self.inputs(rows), self.ledger.labels()
 
-    def pool(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, x) of the unlabeled pool."""
+    def pool(self) -> tuple[np.ndarray, torch.Tensor]:
+        """(ids, x on the device) of the unlabeled pool (neither labeled nor pending nor skipped)."""
         mask = np.ones(len(self.data.ids), dtype=bool)
-        labeled = self.ledger.labeled_ids()
-        if len(labeled):
-            mask[self.data.rows(labeled)] = False
-        return self.data.ids[mask], self.data.x[mask]
+        taken = self.ledger.unavailable_ids()
+        if len(taken):
+            mask[self.data.rows(taken)] = False
+        return self.data.ids[mask], self.inputs(np.flatnonzero(mask))
 
     def ensure_initial_labels(self) -> None:
         """Buy the initial random labels once (seeded by run seed and partition)."""
@@ -88,16 +100,77 @@ class ClientSession:
         count = self.cfg.initial_count(n)
         rng = np.random.default_rng([self.cfg.seed, self.partition_id, 0])
         chosen = np.sort(self.data.ids[rng.choice(n, size=count, replace=False)]) if count else np.zeros(0, np.int64)
-        self.buy(chosen, cycle=0, strategy="initial-random", token=INITIAL_TOKEN)
+        self.buy(chosen, cycle=0, strategy="initial-random", token=INITIAL_TOKEN, can_wait=True)
 
-    def buy(self, sample_ids: np.ndarray, *, cycle: int, strategy: str, token: str) -> np.ndarray:
-        """Ask the oracle for labels and record them atomically; idempotent per token."""
+    @property
+    def person_oracle(self) -> bool:
+        """Whether people label here (answers come later) rather than the simulation oracle."""
+        return isinstance(self.oracle, PersonOracle)
+
+    def buy(
+        self, sample_ids: np.ndarray, *, cycle: int, strategy: str, token: str,
+        hints: dict[int, dict[str, float]] | None = None, can_wait: bool = False,
+    ) -> np.ndarray:
+        """Ask the oracle for labels and record them atomically; idempotent per token.
+
+        With a person oracle the query is recorded as pending (durably, before
+        the labeling tool hears of it) and the labels arrive later
+        (:meth:`collect_labels`); only callers that can wait (``can_wait``: the
+        selection round) may use one.
+        """
         previous = self.ledger.purchase(token)
         if previous is not None:
             return previous
-        labels = self.oracle.label(sample_ids)
-        self.ledger.record(sample_ids, labels, cycle=cycle, strategy=strategy, query_token=token)
+        if not self.person_oracle:
+            labels = self.oracle.label(sample_ids)
+            self.ledger.record(sample_ids, labels, cycle=cycle, strategy=strategy, query_token=token,
+                               labeled_by=getattr(self.oracle, "name", ""))
+            return np.asarray(sample_ids, dtype=np.int64)
+        if not can_wait:
+            raise ValueError(
+                f"query {token!r} ({strategy}) uses its labels in the same round, but this node's oracle "
+                f"({self.oracle.name}) answers later; run this strategy with oracle=\"ground-truth\""
+            )
+        info = {"oracle": self.oracle.name, "task": self.data.task, "num-classes": self.data.num_classes,
+                "hints": {str(k): v for k, v in (hints or {}).items()}}
+        self.ledger.request(sample_ids, cycle=cycle, strategy=strategy, query_token=token, info=info)
+        request = self.label_request(token)
+        self.ledger.update_request(token, tool=self.oracle.describe(request))
+        try:
+            self.oracle.submit(request)
+        except OracleUnavailable as err:  # recorded: the next poll of the server creates the tasks
+            self.oracle_notes.append(f"query {token}: {err}; will try again")
         return np.asarray(sample_ids, dtype=np.int64)
+
+    def label_request(self, token: str) -> LabelRequest:
+        """What a person oracle needs for the pending query ``token`` (from the ledger alone)."""
+        query = self.ledger.pending_queries()[token]
+        data = self.data
+        image = feature = None
+        if data.task == "classification" and len(data.input_shape) == 3:
+            from client_app.labeling import image_png
+
+            scale = data.normalize[0] if data.normalize else 1 / 255
+            image = lambda sid: image_png(data.x[data.rows(np.array([sid]))[0]], scale)  # noqa: E731
+        else:
+            from client_app.labeling import feature_table
+
+            units = data.units[0] if data.units is not None else None
+            feature = lambda sid: feature_table(data.x[data.rows(np.array([sid]))[0]], units)  # noqa: E731
+        return LabelRequest(
+            run_name=self.run_name, partition_id=self.partition_id, token=token, cycle=int(query["cycle"]),
+            ids=[int(i) for i in query["ids"]], task=data.task, num_classes=data.num_classes,
+            hints={int(k): v for k, v in query.get("hints", {}).items()}, image=image, features=feature,
+        )
+
+    def collect_labels(self):
+        """Record what people answered to the pending queries (see :func:`client_app.labeling.collect`)."""
+        from client_app.labeling import collect
+
+        report = collect(self)
+        report.notes[:0] = self.oracle_notes
+        self.oracle_notes = []
+        return report
 
     def label_histogram(self) -> list[int]:
         return [int(v) for v in self.ledger.class_counts(self.data.num_classes)]
@@ -120,12 +193,56 @@ class ClientSession:
         self.context.state[LOCAL_MODEL_KEY] = ArrayRecord(model.state_dict())
 
     def local_model(self) -> nn.Module:
+        """The client's model after its last local training (BN statistics of its own data, see bn-statistics)."""
         if LOCAL_MODEL_KEY not in self.context.state:
             raise RuntimeError(
                 "query-model=local needs the client's model from this cycle's local training, "
                 "but this node has not trained in this run (was it restarted?)"
             )
-        return self.model_from(self.context.state[LOCAL_MODEL_KEY])
+        return self.with_own_statistics(self.model_from(self.context.state[LOCAL_MODEL_KEY]))
+
+    def with_own_statistics(self, model: nn.Module) -> nn.Module:
+        """With ``bn-statistics=recompute``: BatchNorm statistics of this client's whole partition."""
+        if self.cfg.bn_statistics == "recompute":
+            recompute_statistics(
+                model, DEVICE_CACHE.get(self.data.x, self.device), batch_size=self.cfg.batch_size,
+                device=self.device, normalize=self.data.normalize,
+            )
+        return model
+
+    def train_settings(self, *, epochs: int, lr: float, **overrides) -> TrainSettings:
+        """Local training settings from the run config (augmentation and precision included)."""
+        cfg = self.cfg
+        kw = dict(
+            epochs=epochs, batch_size=cfg.batch_size, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            optimizer=cfg.optimizer, task=self.data.task, precision=cfg.precision,
+            crop_padding=cfg.augment_crop_padding if self.data.task == "classification" else 0,
+            flip=cfg.augment_flip and self.data.task == "classification",
+        )
+        kw.update(overrides)
+        return TrainSettings(**kw)
+
+    def optimizer_state(self, cycle: int, server_round: int) -> dict | None:
+        """The optimiser state to continue from (``optimizer-state=keep``), ``{}`` to start one, None = reset."""
+        if self.cfg.optimizer_state != "keep":
+            return None
+        record = self.context.state.array_records.get(OPTIMIZER_KEY)
+        meta = self.context.state.config_records.get(OPTIMIZER_KEY + "-cycle")
+        if server_round == 1 or record is None or meta is None or int(meta["cycle"]) != cycle:
+            return {}  # a new optimiser per cycle, as the reference code creates them
+        state: dict[int, dict] = {}
+        for key, array in record.items():
+            index, name = key.split(".", 1)
+            state.setdefault(int(index), {})[name] = torch.as_tensor(array.numpy())
+        return state
+
+    def store_optimizer_state(self, cycle: int, state: dict | None) -> None:
+        if state is None:
+            return
+        flat = {f"{i}.{k}": Array(np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v))
+                for i, entry in state.items() for k, v in entry.items()}
+        self.context.state[OPTIMIZER_KEY] = ArrayRecord(flat)
+        self.context.state[OPTIMIZER_KEY + "-cycle"] = ConfigRecord({"cycle": cycle})
 
     def local_only_model(self, cycle: int) -> nn.Module:
         """The cycle's local-only model, trained once and kept in the node state.
@@ -146,24 +263,17 @@ class ClientSession:
         _, x, y = self.labeled()
         model = self.new_model(seed=seed)
         cfg = self.cfg
-        settings = TrainSettings(
-            epochs=cfg.local_only_epochs,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            optimizer=cfg.optimizer,
-            lr_milestones=(cfg.local_only_lr_milestone,),
+        settings = self.train_settings(
+            epochs=cfg.local_only_epochs, lr=cfg.lr, lr_milestones=(cfg.local_only_lr_milestone,),
             early_stop_accuracy=cfg.local_only_stop_accuracy if self.data.task == "classification" else None,
-            task=self.data.task,
         )
         train_model(model, x, y, settings, seed=seed, device=self.device, normalize=self.data.normalize)
-        return model
+        return self.with_own_statistics(model)
 
     def predict(self, model: nn.Module, x: np.ndarray) -> Prediction:
         return predict(
             model, x, batch_size=self.cfg.score_batch_size, device=self.device,
-            task=self.data.task, normalize=self.data.normalize,
+            task=self.data.task, normalize=self.data.normalize, precision=self.cfg.precision,
         )
 
     def query_seed(self, cycle: int, salt: int = 0) -> list[int]:

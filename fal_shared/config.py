@@ -29,6 +29,7 @@ from fal_shared.settings.common import SettingsBase as _Base
 from fal_shared.settings.common import setting
 from fal_shared.settings.fairfal import FairfalSettings
 from fal_shared.settings.fale import FaleSettings
+from fal_shared.settings.labeling import LabelingSettings, NodeLabelingConfig
 from fal_shared.settings.regression import RegressionBaselineSettings
 
 __all__ = [
@@ -134,6 +135,37 @@ class TrainingSettings(_Base):
     local_only_epochs: int = setting(50, "local-only-epochs", "Max epochs of a local-only model (trained from scratch on the client's labels).", source="LoGo/FairFAL strategy.py:training_local_only", ge=1)
     local_only_lr_milestone: int = setting(37, "local-only-lr-milestone", "Epoch after which the local-only model's lr is multiplied by 0.1 (per epoch, not per batch as in the authors' code).", unit="epochs", source="LoGo MultiStepLR([37])", ge=1)
     local_only_stop_accuracy: float = setting(0.99, "local-only-stop-accuracy", "Early stop of the local-only model at this training accuracy.", unit="fraction", source="LoGo/FairFAL")
+    bn_statistics: Literal["recompute", "average"] = setting(
+        "recompute", "bn-statistics",
+        "BatchNorm running statistics of the models used in eval mode (evaluation, scoring). recompute: after each "
+        "cycle's FedAvg rounds the clients run the global model over their own data and send per-channel moment "
+        "sums, the server installs the pooled mean and variance (and a client's local / local-only model gets its "
+        "own data's statistics) - precise BN (Wu & Johnson 2021) made federated; average: the running buffers are "
+        "averaged with the weights, as the LoGo, FairFAL and AHFAL reference code does. No effect on models without BatchNorm.",
+        source="README 'Paper scale'; reference code: average",
+    )
+    optimizer_state: Literal["reset", "keep"] = setting(
+        "reset", "optimizer-state",
+        "reset: a fresh optimiser every FedAvg round (Flower's usual client); keep: each client keeps its optimiser "
+        "state (SGD momentum, Adam moments) across the rounds of a cycle, as the AHFAL/KAFAL reference code does "
+        "(optimisers created once per cycle). Kept in the node's memory; a restarted node starts afresh.",
+        source="dgitj/FAL main.py; KAFAL config.py",
+    )
+    augment_crop_padding: int = setting(
+        0, "augment-crop-padding",
+        "Training augmentation: pad each image by this many zero pixels and crop a random window of the original size "
+        "(torchvision RandomCrop(padding=p)), per sample on the device; 0 = off.",
+        unit="pixels", source="AHFAL code: MNIST 2, CIFAR-10/100 and SVHN 4", ge=0,
+    )
+    augment_flip: bool = setting(
+        False, "augment-flip", "Training augmentation: random horizontal flip with probability 0.5 (not for digits).",
+        source="AHFAL code: CIFAR-10/100; LoGo/FairFAL main.py",
+    )
+    precision: Literal["fp32", "bf16"] = setting(
+        "fp32", "precision",
+        "Arithmetic of training, scoring and evaluation: fp32, or bf16 autocast (mixed precision: weights, optimiser "
+        "and losses stay fp32). bf16 is faster on GPUs with bf16 units; results differ from fp32 in the last digits.",
+    )
 
 
 class QuerySettings(_Base):
@@ -170,7 +202,7 @@ class RuntimeSettings(_Base):
 
 
 class RunConfig(
-    RegressionBaselineSettings, FaleSettings, FairfalSettings, AhfalSettings, BaselineSettings,
+    RegressionBaselineSettings, FaleSettings, FairfalSettings, AhfalSettings, BaselineSettings, LabelingSettings,
     RuntimeSettings, QuerySettings, TrainingSettings, ScheduleSettings, ExperimentSettings):
     """Every run-config key.
 
@@ -314,10 +346,11 @@ def pyproject_table() -> str:
     return "\n".join(f"{info.alias} = {toml_value(info.default)}" for _, info, _ in _fields())
 
 
-def settings_table() -> str:
-    """A markdown table of every key: name, default, unit, source, meaning."""
+def settings_table(model: type = RunConfig) -> str:
+    """A markdown table of every key of ``model``: name, default, unit, source, meaning."""
     rows = ["| key | default | unit | source | meaning |", "|---|---|---|---|---|"]
-    for _, info, extra in _fields():
+    for info in model.model_fields.values():
+        extra = info.json_schema_extra or {}
         default = toml_value(info.default)
         cells = [f"`{info.alias}`", f"`{default}`", extra.get("unit", ""), extra.get("source", ""), info.description or ""]
         rows.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
@@ -326,6 +359,7 @@ def settings_table() -> str:
 
 _TABLE_START, _TABLE_END = "<!-- run-config-table:start -->", "<!-- run-config-table:end -->"
 _STRATEGIES_START, _STRATEGIES_END = "<!-- strategies-table:start -->", "<!-- strategies-table:end -->"
+_NODE_START, _NODE_END = "<!-- node-config-table:start -->", "<!-- node-config-table:end -->"
 
 
 def strategies_table() -> str:
@@ -354,6 +388,8 @@ def write_generated(root: Path) -> None:
     text = _replace_between(readme.read_text(), _TABLE_START, _TABLE_END, settings_table())
     if _STRATEGIES_START in text:
         text = _replace_between(text, _STRATEGIES_START, _STRATEGIES_END, strategies_table())
+    if _NODE_START in text:
+        text = _replace_between(text, _NODE_START, _NODE_END, settings_table(NodeLabelingConfig))
     readme.write_text(text)
 
 

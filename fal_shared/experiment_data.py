@@ -34,6 +34,8 @@ class ClientData:
     input_shape: tuple[int, ...]
     normalize: tuple[float, tuple[float, ...], tuple[float, ...]] | None
     task: str
+    #: regression: the (features, target) standardisers, so a person sees and gives values in the data's own units
+    units: tuple[Standardizer, Standardizer] | None = None
 
     def rows(self, sample_ids: np.ndarray) -> np.ndarray:
         """Positions of global ``sample_ids`` in this partition."""
@@ -86,9 +88,10 @@ def _regression(dataset: str, data_root: str, num_partitions: int, test_fraction
     # e.g. kegg-undirected's all-zero column 9), then standardise X and y with
     # statistics of the pooled training split.
     x = np.delete(x, constant_columns(x[train_idx]), axis=1)
-    xs = Standardizer.fit(x[train_idx]).transform(x).astype(np.float32)
-    ys = Standardizer.fit(y[train_idx]).transform(y).astype(np.float64)
-    return xs, ys, test_idx, parts
+    x_units, y_units = Standardizer.fit(x[train_idx]), Standardizer.fit(y[train_idx])
+    xs = x_units.transform(x).astype(np.float32)
+    ys = y_units.transform(y).astype(np.float64)
+    return xs, ys, test_idx, parts, (x_units, y_units)
 
 
 @lru_cache(maxsize=16)
@@ -118,12 +121,12 @@ def client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> Clien
     """The partition of client ``partition_id`` out of ``num_partitions``."""
     check_partition(partition_id, num_partitions)
     if cfg.task == "regression":
-        x, y, test_idx, parts = _regression(
+        x, y, test_idx, parts, units = _regression(
             cfg.dataset, cfg.data_root, num_partitions, cfg.test_fraction, cfg.regression_alpha, cfg.seed
         )
         ids = np.sort(parts[partition_id])
         share = test_idx[_test_share(len(test_idx), partition_id, num_partitions, cfg.seed)]
-        return ClientData(ids, x[ids], y[ids], x[share], y[share], 1, (x.shape[1],), None, "regression")
+        return ClientData(ids, x[ids], y[ids], x[share], y[share], 1, (x.shape[1],), None, "regression", units)
     train, _ = _classification(cfg.dataset, cfg.data_root, cfg.long_tail_factor, cfg.seed, cfg.train_subset_size)
     test = _classification_test(cfg.dataset, cfg.data_root, cfg.seed, cfg.test_subset_size)
     ids = _partitions(cfg.dataset, cfg.data_root, cfg.long_tail_factor, cfg.seed, cfg.train_subset_size,
@@ -145,7 +148,7 @@ def client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> Clien
 def test_data(cfg: RunConfig, num_partitions: int | None = None) -> TestData:
     """The held-out test set the server evaluates on (central evaluation)."""
     if cfg.task == "regression":
-        x, y, test_idx, _ = _regression(
+        x, y, test_idx, _, _ = _regression(
             cfg.dataset, cfg.data_root, num_partitions or cfg.num_clients, cfg.test_fraction,
             cfg.regression_alpha, cfg.seed,
         )

@@ -13,7 +13,6 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 
 
 def _load(paths: list[str]) -> list[dict]:
@@ -36,11 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group-by", default="strategy", help="run-config key that names a curve")
     parser.add_argument("--metric", default=None, help="accuracy | balanced-accuracy | mse (default: by task)")
     args = parser.parse_args(argv)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     try:
         runs = _load(args.results)
     except (FileNotFoundError, ValueError) as err:
@@ -49,27 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         print("fal-plot: no run with completed cycles", file=sys.stderr)
         return 1
+    from launcher.report import RunResult, plot_curves
+
     metric = args.metric or ("mse" if "mse" in runs[0]["cycles"][0]["evaluation"] else "accuracy")
-    groups: dict[str, list[dict]] = defaultdict(list)
+    groups: dict[str, list] = defaultdict(list)
     for run in runs:
-        groups[str(run["config"].get(args.group_by, "?"))].append(run)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, members in sorted(groups.items()):
-        n = min(len(r["cycles"]) for r in members)
-        x = np.mean([[c["labeled-fraction"] for c in r["cycles"][:n]] for r in members], axis=0)
-        y = np.array([[c["evaluation"][metric] for c in r["cycles"][:n]] for r in members])
-        mean, std = y.mean(0), y.std(0)
-        ax.plot(x * 100, mean, marker="o", label=f"{name} (n={len(members)})")
-        if len(members) > 1:
-            ax.fill_between(x * 100, mean - std, mean + std, alpha=0.2)
-    ax.set_xlabel("labeled data (%)")
-    ax.set_ylabel(metric)
+        name = str(run["config"].get(args.group_by, "?"))
+        groups[name].append(RunResult(run.get("run-name", "?"), name, (), int(run["config"].get("seed", 0)),
+                                      run.get("status", "?"), "", run["config"], run["cycles"], float("nan")))
     cfg = runs[0]["config"]
-    ax.set_title(f"{cfg['dataset']}, {cfg['num-clients']} clients, {cfg['partition']} alpha={cfg['alpha']}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(args.output, dpi=120)
+    title = f"{cfg['dataset']}, {cfg['num-clients']} clients, {cfg['partition']} alpha={cfg['alpha']}"
+    plot_curves(groups, metric, Path(args.output), title)
     print(f"fal-plot: wrote {args.output} ({len(runs)} runs, {len(groups)} curves)")
     return 0
 

@@ -11,7 +11,9 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fal_shared.config import RunConfig
+from server_app.checkpoint import Checkpoint
 from server_app.experiment import Experiment
+from server_app.labels import LabelsPending
 from server_app.results import ResultsRecorder
 from strategies import resolve_run_config
 
@@ -46,19 +48,34 @@ def explicit_keys(grid: Grid) -> set[str] | None:
 
 
 def run_experiment(grid: Grid, run_config: dict) -> dict:
-    """Validate the config, run the experiment, always leave a results file."""
+    """Validate the config, run (or resume) the experiment, always leave a results file.
+
+    A run name with a checkpoint in its results folder resumes from it
+    (``server_app.checkpoint``); one that completed is refused. The checkpoint
+    holds the config with the strategy's defaults applied, so a resumed run
+    given the same settings resolves to the same config.
+    """
     # bad keys/values fail here, before anything runs; the strategy fills in its own defaults
     cfg, strategy_defaults = resolve_run_config(run_config, explicit_keys(grid))
     run_name = resolve_run_name(cfg)
-    recorder = ResultsRecorder(output_folder(cfg, run_name), run_name=run_name, config=cfg.to_flower())
+    folder = output_folder(cfg, run_name)
+    checkpoint = Checkpoint(folder)
+    resume = checkpoint.load(cfg.to_flower())
+    recorder = ResultsRecorder(folder, run_name=run_name, config=cfg.to_flower(),
+                               restore=resume["results"] if resume else None)
     print(f"[FAL] run {run_name}: results in {recorder.folder}", flush=True)
     if strategy_defaults:
         recorder.data["strategy-defaults"] = strategy_defaults
         print(f"[FAL] strategy {cfg.strategy!r} supplies its defaults for keys not set: "
               + " ".join(f"{k}={v!r}" for k, v in strategy_defaults.items()), flush=True)
     try:
-        experiment = Experiment(grid, cfg, run_name=run_name, recorder=recorder, strategy_defaults=strategy_defaults)
+        experiment = Experiment(grid, cfg, run_name=run_name, recorder=recorder, checkpoint=checkpoint, resume=resume,
+                                strategy_defaults=strategy_defaults)
         return experiment.run()
+    except LabelsPending as err:
+        recorder.finish("waiting-for-labels", error=str(err))
+        print(f"[FAL] run {run_name} STOPPED: {err}", flush=True)
+        raise
     except BaseException as err:
         recorder.finish("failed", error=f"{type(err).__name__}: {err}")
         print(f"[FAL] run {run_name} FAILED: {type(err).__name__}: {err}", flush=True)

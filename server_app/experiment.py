@@ -10,7 +10,11 @@
         (otherwise no training: the model stays, e.g. one installed by replace_model)
         evaluate the global model (central test set, or federated), or the model
         the clients keep in their node state (strategy.evaluation_model_key)
-        if cycle < num-cycles: query phase (the strategy's query.* rounds)
+        if cycle < num-cycles: query phase (the strategy's query.* rounds), then, if
+            people label at some site, wait for their labels (server_app.labels)
+
+A checkpoint before and after each query phase (server_app.checkpoint) lets a
+stopped run resume with the same run name, without selecting or buying again.
 
 Everything crosses the network as Flower messages through a
 :class:`MeteredGrid`, so bytes per message kind are measured, in simulation
@@ -32,8 +36,11 @@ from flwr.serverapp.strategy import FedAvg
 from fal_shared.config import RunConfig
 from fal_shared.experiment_data import test_data
 from fal_shared.models import build_model
-from fal_shared.training import evaluate, pick_device
+from fal_shared.batchnorm import has_batchnorm, install_statistics, pooled_statistics
+from fal_shared.training import DEVICE_CACHE, evaluate, pick_device
 from fal_shared.wire import config_of
+from server_app.checkpoint import Checkpoint
+from server_app.labels import wait_for_labels
 from server_app.messaging import ClientFailure, MeteredGrid, Messenger, TrafficMeter
 from server_app.results import ResultsRecorder
 from strategies import ClientInfo, create_strategy
@@ -111,6 +118,7 @@ class _Phase:
         self.selection_seconds: list[float] = []
         self.new_arrays: ArrayRecord | None = None
         self.select_rounds = 0
+        self.pending: dict[int, int] = {}  # labels a person has yet to give, by partition id
 
     def _content(self, config: Mapping[str, Any] | None, include_model: bool, records: Mapping[str, Any] | None) -> RecordDict:
         items: dict[str, Any] = {"config": ConfigRecord({"cycle": self.cycle, **(config or {})})}
@@ -151,6 +159,9 @@ class _Phase:
             info = self.clients[pid]
             info.labeled = int(result["labeled"])
             info.pool_size = int(result["pool-size"])
+            self.pending[pid] = int(result.get("pending", 0))
+            for note in result.get("notes", []):  # e.g. the labeling tool was unreachable: asked again later
+                log.warning("partition %d: %s", pid, note)
             if "label-histogram" in result:
                 info.label_histogram = [int(v) for v in result["label-histogram"]]
             metrics = reply.metric_records.get("metrics")
@@ -176,9 +187,12 @@ class Experiment:
 
     def __init__(
         self, grid: Grid, cfg: RunConfig, *, run_name: str, recorder: ResultsRecorder,
+        checkpoint: Checkpoint | None = None, resume: dict[str, Any] | None = None,
         strategy_defaults: Mapping[str, Any] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.checkpoint = checkpoint
+        self.resume = resume  # a loaded checkpoint: go on from it
         self.meter = TrafficMeter()
         self.grid = MeteredGrid(grid, self.meter)
         self.run_name = run_name
@@ -191,10 +205,12 @@ class Experiment:
             run_config_defaults=strategy_defaults,  # every client applies the strategy's defaults as the server did
         )
         self.clients: dict[int, ClientInfo] = {}
+        self.pending_at_setup: dict[int, int] = {}  # initial labels a person has yet to give, by partition id
         self.device = pick_device(cfg.device)
         self.test = test_data(cfg) if cfg.evaluation == "central" else None
         self.model_name = cfg.resolved_model()
         self._input_shape: tuple[int, ...] | None = self.test.input_shape if self.test else None
+        self._has_batchnorm: bool | None = None
 
     # ---------------------------------------------------------------- setup
     def _wait_for_nodes(self) -> list[int]:
@@ -240,6 +256,7 @@ class Experiment:
                 input_shape=tuple(int(v) for v in r["input-shape"]),
             )
             found[pid] = (info, int(r["num-partitions"]))
+            self.pending_at_setup[pid] = int(r.get("pending", 0))
         return found
 
     def discover(self) -> None:
@@ -297,12 +314,28 @@ class Experiment:
 
     # -------------------------------------------------------------- models
     def fresh_model(self, cycle: int) -> ArrayRecord:
+        return ArrayRecord(self._build(seed=self.cfg.seed * 1000 + cycle).state_dict())
+
+    @property
+    def has_batchnorm(self) -> bool:
+        if self._has_batchnorm is None:
+            self._has_batchnorm = has_batchnorm(self._build(seed=0))
+        return self._has_batchnorm
+
+    def _build(self, seed: int | None = None):
         shape = self._input_shape
         if shape is None:
             raise RuntimeError("input shape unknown")  # set in run() for federated evaluation
         num_outputs = next(iter(self.clients.values())).num_classes
-        model = build_model(self.model_name, input_shape=shape, num_outputs=num_outputs, seed=self.cfg.seed * 1000 + cycle)
-        return ArrayRecord(model.state_dict())
+        return build_model(self.model_name, input_shape=shape, num_outputs=num_outputs, seed=seed)
+
+    def recompute_batchnorm(self, arrays: ArrayRecord) -> ArrayRecord:
+        """Install the clients' pooled BatchNorm statistics of ``arrays`` (see fal_shared.batchnorm)."""
+        content = RecordDict({"global-model": arrays, "config": ConfigRecord({})})
+        replies = self.messenger.send("query.bn_stats", {p: content for p in self.clients})
+        parts = [{k: v.numpy() for k, v in reply["moments"].items()} for reply in replies.values()]
+        state = install_statistics(arrays.to_torch_state_dict(), pooled_statistics(parts))
+        return ArrayRecord(state)
 
     def evaluate(self, arrays: ArrayRecord, client_model_key: str | None = None) -> dict[str, Any]:
         """Evaluate ``arrays``, or (``client_model_key``) the model each client keeps under that state key."""
@@ -316,8 +349,9 @@ class Experiment:
             model = build_model(self.model_name, input_shape=self.test.input_shape, num_outputs=num_outputs)
             model.load_state_dict(arrays.to_torch_state_dict())
             result = evaluate(
-                model, self.test.x, self.test.y, num_classes=self.test.num_classes, batch_size=self.cfg.score_batch_size,
-                device=self.device, task=self.test.task, normalize=self.test.normalize,
+                model, DEVICE_CACHE.get(self.test.x, self.device), self.test.y, num_classes=self.test.num_classes,
+                batch_size=self.cfg.score_batch_size, device=self.device, task=self.test.task,
+                normalize=self.test.normalize, precision=self.cfg.precision,
             )
             result["where"] = "central"
         else:
@@ -345,73 +379,132 @@ class Experiment:
         return result
 
     # ----------------------------------------------------------------- loop
+    def _save_checkpoint(self, cycle: int, stage: str, arrays: ArrayRecord, record: dict[str, Any],
+                         seconds: dict[str, float], before: dict[str, Any]) -> None:
+        if self.checkpoint is not None:
+            self.checkpoint.save(
+                config=self.cfg.to_flower(), cycle=cycle, stage=stage, arrays=arrays, record=record, seconds=seconds,
+                traffic_before=before, traffic=self.meter.snapshot(), strategy_state=self.strategy_state,
+                results=self.recorder.data,
+            )
+
+    def _restore(self, saved: dict[str, Any]) -> tuple[int, str, ArrayRecord]:
+        """Take the strategy state and traffic counters of a checkpoint; (cycle, stage, model) to go on from."""
+        self.strategy_state.update(saved["strategy-state"])
+        for kind, entry in saved["traffic"].items():
+            self.meter.counts[kind].update(entry)
+        for pid, info in self.clients.items():  # nodes may have new ids after a restart
+            self.recorder.data["clients"].setdefault(str(pid), {})["node-id"] = info.node_id
+        cycle, stage = int(saved["cycle"]), str(saved["stage"])
+        print(f"[FAL] run {self.run_name}: resuming at cycle {cycle} ({'waiting for labels' if stage == 'labels' else 'query phase'})",
+              flush=True)
+        return cycle, stage, saved["arrays"]
+
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         self.discover()
-        self.check_budgets()
+        if self.resume is None:
+            self.check_budgets()  # (on resume the pools hold the labels bought since)
         if self._input_shape is None:  # federated evaluation: the server holds no data, the clients say
             self._input_shape = next(iter(self.clients.values())).input_shape
-        self.recorder.set_clients({
-            str(p): {"node-id": c.node_id, "data-size": c.data_size, "initial-labeled": c.labeled} for p, c in self.clients.items()
-        })
         total_data = sum(c.data_size for c in self.clients.values())
-        arrays = self.fresh_model(0)
-        for cycle in range(cfg.num_cycles + 1):
-            before = self.meter.snapshot()
-            seconds: dict[str, float] = {}
-            self.refresh_nodes()
-            rounds = int(self.strategy.train_rounds(cycle))
-            if rounds > 0 and any(c.labeled > 0 for c in self.clients.values()):
-                if cycle > 0 and cfg.model_init == "reinit":
-                    arrays = self.fresh_model(cycle)
-                t0 = time.perf_counter()
-                fedavg = CycleFedAvg(cfg, self.messenger, cycle)
-                result = fedavg.start(
-                    grid=self.grid, initial_arrays=arrays, num_rounds=rounds,
-                    timeout=cfg.reply_timeout_seconds, train_config=ConfigRecord({"cycle": cycle}),
-                )
-                arrays = result.arrays
-                seconds["train"] = time.perf_counter() - t0
-                seconds["train-client-compute-sum"] = float(np.sum(fedavg.client_seconds))
-            else:  # nothing to train on (FedAvg would divide by zero examples) or a closed-form strategy
-                rounds = 0
-                seconds["train"] = 0.0
-                seconds["train-client-compute-sum"] = 0.0
-            t0 = time.perf_counter()
-            evaluation = self.evaluate(arrays, self.strategy.evaluation_model_key(cycle, self.strategy_state))
-            seconds["evaluate"] = time.perf_counter() - t0
-            labeled = sum(c.labeled for c in self.clients.values())
-            record: dict[str, Any] = {
-                "cycle": cycle,
-                "labeled": labeled,
-                "labeled-fraction": labeled / max(total_data, 1),
-                "labeled-per-client": {str(p): c.labeled for p, c in self.clients.items()},
-                "train-rounds": rounds,
-                "evaluation": evaluation,
-            }
-            if cfg.record_label_histograms:
-                record["labels-per-class-per-client"] = {str(p): c.label_histogram for p, c in self.clients.items()}
-            self._log_cycle(record)
+        start, stage = 0, ""
+        if self.resume is None:
+            if any(self.pending_at_setup.values()):  # people give the initial labels too
+                waited = wait_for_labels(self.messenger, self.clients, cfg, self.pending_at_setup, run_name=self.run_name)
+                self.recorder.data["initial-labeling"] = waited
+            self.recorder.set_clients({
+                str(p): {"node-id": c.node_id, "data-size": c.data_size, "initial-labeled": c.labeled} for p, c in self.clients.items()
+            })
+            arrays = self.fresh_model(0)
+        else:
+            start, stage, arrays = self._restore(self.resume)
+        for cycle in range(start, cfg.num_cycles + 1):
+            if stage:  # resumed within this cycle: its training and evaluation are done
+                record, seconds, before = self.resume["record"], self.resume["seconds"], self.resume["traffic-before"]
+            else:
+                record, seconds, before, arrays = self._train_and_evaluate(cycle, arrays, total_data)
             if cycle < cfg.num_cycles:
-                t0 = time.perf_counter()
-                phase = _Phase(self, cycle, arrays, self.budgets())
-                self.messenger.compute_seconds.clear()
-                self.strategy.query(phase)
-                seconds["query"] = time.perf_counter() - t0
-                seconds["selection-client-max"] = max(phase.selection_seconds, default=0.0)
-                seconds["query-client-compute-sum"] = float(sum(sum(v) for v in self.messenger.compute_seconds.values()))
-                record["budgets"] = {str(p): b for p, b in phase.budgets.items()}
-                record["selected-ids"] = {str(p): [int(i) for i in ids] for p, ids in phase.selected.items()}
-                record["strategy"] = phase.recorded
-                if phase.new_arrays is not None:
-                    arrays = phase.new_arrays
+                if stage != "labels":
+                    self._save_checkpoint(cycle, "query", arrays, record, seconds, before)
+                    arrays, pending = self._query(cycle, arrays, record, seconds)
+                    self._save_checkpoint(cycle, "labels", arrays, record, seconds, before)
+                else:  # stopped while waiting: every site says again what it still waits for
+                    pending = {p: 1 for p in self.clients}
+                if any(pending.values()):
+                    t0 = time.perf_counter()
+                    record["labeling"] = wait_for_labels(self.messenger, self.clients, cfg, pending, run_name=self.run_name)
+                    seconds["label-wait"] = time.perf_counter() - t0
+            stage = ""
             record["seconds"] = seconds
             record["traffic"] = TrafficMeter.diff(self.meter.snapshot(), before)
             self.recorder.add_cycle(record)
         final = self.recorder.data["cycles"][-1]["evaluation"]
         totals = {"traffic": self.meter.snapshot(), "final-evaluation": final}
         self.recorder.finish("completed", totals=totals)
+        if self.checkpoint is not None:
+            self.checkpoint.delete()
         return self.recorder.data
+
+    def _train_and_evaluate(
+        self, cycle: int, arrays: ArrayRecord, total_data: int,
+    ) -> tuple[dict[str, Any], dict[str, float], dict[str, Any], ArrayRecord]:
+        """The cycle's FedAvg rounds and evaluation: its record, seconds, traffic before it, and the model."""
+        cfg = self.cfg
+        before = self.meter.snapshot()
+        seconds: dict[str, float] = {}
+        self.refresh_nodes()
+        rounds = int(self.strategy.train_rounds(cycle))
+        if rounds > 0 and any(c.labeled > 0 for c in self.clients.values()):
+            if cycle > 0 and cfg.model_init == "reinit":
+                arrays = self.fresh_model(cycle)
+            t0 = time.perf_counter()
+            fedavg = CycleFedAvg(cfg, self.messenger, cycle)
+            result = fedavg.start(
+                grid=self.grid, initial_arrays=arrays, num_rounds=rounds,
+                timeout=cfg.reply_timeout_seconds, train_config=ConfigRecord({"cycle": cycle}),
+            )
+            arrays = result.arrays
+            seconds["train"] = time.perf_counter() - t0
+            seconds["train-client-compute-sum"] = float(np.sum(fedavg.client_seconds))
+            if cfg.bn_statistics == "recompute" and self.has_batchnorm:
+                t0 = time.perf_counter()
+                arrays = self.recompute_batchnorm(arrays)
+                seconds["bn-statistics"] = time.perf_counter() - t0
+        else:  # nothing to train on (FedAvg would divide by zero examples) or a closed-form strategy
+            rounds = 0
+            seconds["train"] = 0.0
+            seconds["train-client-compute-sum"] = 0.0
+        t0 = time.perf_counter()
+        evaluation = self.evaluate(arrays, self.strategy.evaluation_model_key(cycle, self.strategy_state))
+        seconds["evaluate"] = time.perf_counter() - t0
+        labeled = sum(c.labeled for c in self.clients.values())
+        record: dict[str, Any] = {
+            "cycle": cycle,
+            "labeled": labeled,
+            "labeled-fraction": labeled / max(total_data, 1),
+            "labeled-per-client": {str(p): c.labeled for p, c in self.clients.items()},
+            "train-rounds": rounds,
+            "evaluation": evaluation,
+        }
+        if cfg.record_label_histograms:
+            record["labels-per-class-per-client"] = {str(p): c.label_histogram for p, c in self.clients.items()}
+        self._log_cycle(record)
+        return record, seconds, before, arrays
+
+    def _query(self, cycle: int, arrays: ArrayRecord, record: dict[str, Any], seconds: dict[str, float]) -> tuple[ArrayRecord, dict[int, int]]:
+        """The strategy's query phase; the model to go on with, and the labels still pending per partition."""
+        t0 = time.perf_counter()
+        phase = _Phase(self, cycle, arrays, self.budgets())
+        self.messenger.compute_seconds.clear()
+        self.strategy.query(phase)
+        seconds["query"] = time.perf_counter() - t0
+        seconds["selection-client-max"] = max(phase.selection_seconds, default=0.0)
+        seconds["query-client-compute-sum"] = float(sum(sum(v) for v in self.messenger.compute_seconds.values()))
+        record["budgets"] = {str(p): b for p, b in phase.budgets.items()}
+        record["selected-ids"] = {str(p): [int(i) for i in ids] for p, ids in phase.selected.items()}
+        record["strategy"] = phase.recorded
+        return (phase.new_arrays if phase.new_arrays is not None else arrays), phase.pending
 
     def _log_cycle(self, record: dict[str, Any]) -> None:
         ev = record["evaluation"]

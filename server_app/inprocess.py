@@ -41,6 +41,7 @@ class InProcessGrid(Grid):
         self.down: set[int] = set()  # node ids that do not answer (tests of failures)
         self.fail_next: dict[int, str] = {}  # node id -> error reason for its next message
         self.drop_reply_next: set[int] = set()  # node ids whose next reply is lost after the client handled it
+        self.fail_at: dict[tuple[str, int], str] = {}  # (message type, n-th message of that type) -> error reason
         self.log: list[tuple[str, int]] = []
 
     def restart_node(self, node_id: int) -> int:
@@ -80,6 +81,9 @@ class InProcessGrid(Grid):
             self.log.append((msg.metadata.message_type, node))
             if node in self.down or node not in self.contexts:
                 continue
+            nth = sum(1 for kind, _ in self.log if kind == msg.metadata.message_type)
+            if (msg.metadata.message_type, nth) in self.fail_at:
+                self.fail_next[node] = self.fail_at.pop((msg.metadata.message_type, nth))
             if node in self.fail_next:
                 reason = self.fail_next.pop(node)
                 replies.append(Message(Error(code=0, reason=reason), reply_to=msg))
@@ -95,12 +99,15 @@ class InProcessGrid(Grid):
         return replies
 
 
-def run_inprocess(overrides: dict[str, Any], *, num_clients: int | None = None) -> dict[str, Any]:
+def run_inprocess(
+    overrides: dict[str, Any], *, num_clients: int | None = None, node_configs: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Run a whole experiment in this process (tests and benchmarks).
 
     ``overrides`` are run-config keys (the grid reports them as the run's override config, as
     ``flwr run`` does, so strategy defaults resolve as there); ``num-clients`` nodes are created
-    with partition ids 0..N-1. Returns the results dict (also written to output-dir).
+    with partition ids 0..N-1 (plus ``node_configs[i]``, e.g. an oracle). Returns the results
+    dict (also written to output-dir).
     """
     from client_app.app import app as client_app
     from fal_shared.config import RunConfig
@@ -109,6 +116,7 @@ def run_inprocess(overrides: dict[str, Any], *, num_clients: int | None = None) 
     run_config = {**RunConfig().to_flower(), **overrides}
     n = int(num_clients or run_config["num-clients"])
     run_config["num-clients"] = n
-    nodes = [{"partition-id": i, "num-partitions": n} for i in range(n)]
+    extra = node_configs or [{}] * n
+    nodes = [{"partition-id": i, "num-partitions": n, **extra[i]} for i in range(n)]
     grid = InProcessGrid(client_app, run_config, nodes, override_config={**overrides, "num-clients": n})
     return run_experiment(grid, run_config)

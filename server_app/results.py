@@ -19,9 +19,18 @@ __all__ = ["ResultsRecorder"]
 
 
 class ResultsRecorder:
-    def __init__(self, folder: Path, *, run_name: str, config: dict[str, Any]) -> None:
+    """``restore``: the data of a stopped run to go on with (its checkpoint's copy); the resume is noted in it."""
+
+    def __init__(self, folder: Path, *, run_name: str, config: dict[str, Any], restore: dict[str, Any] | None = None) -> None:
         self.folder = folder
+        self._start = time.time()
         folder.mkdir(parents=True, exist_ok=True)
+        if restore is not None:
+            self.data = restore
+            self.data.update(status="running", error=None, finished=None, config=config)
+            self.data.setdefault("resumed", []).append(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            self.flush()
+            return
         self.data: dict[str, Any] = {
             "run-name": run_name,
             "status": "running",
@@ -59,8 +68,7 @@ class ResultsRecorder:
         self.data["status"] = status
         self.data["error"] = error
         self.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        if totals:
-            self.data["totals"] = totals
+        self.data["totals"] = {**(totals or self.data.get("totals", {})), "wall-seconds": time.time() - self._start}
         self.flush()
 
     def flush(self) -> None:

@@ -36,3 +36,18 @@ def shared_datasets() -> Path:
     if not SHARED_DATASETS.exists():
         pytest.skip(f"shared datasets not found at {SHARED_DATASETS}")
     return SHARED_DATASETS
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """One real Label Studio server for the session (tests use their own projects)."""
+    from tests.label_studio_server import label_studio_missing, start_label_studio
+
+    missing = label_studio_missing()
+    if missing:
+        pytest.skip(missing)
+    server = start_label_studio(tmp_path_factory.mktemp("label-studio"))
+    try:
+        yield server
+    finally:
+        server.stop()

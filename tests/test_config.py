@@ -23,6 +23,13 @@ def test_readme_config_table_is_current():
     assert settings_table() in readme, "run `python -m fal_shared.config --write` after changing settings"
 
 
+def test_readme_node_config_table_is_current():
+    from fal_shared.settings.labeling import NodeLabelingConfig
+
+    readme = (ROOT / "README.md").read_text()
+    assert settings_table(NodeLabelingConfig) in readme, "run `python -m fal_shared.config --write`"
+
+
 def test_every_setting_is_documented():
     for name, info in RunConfig.model_fields.items():
         assert info.alias, name

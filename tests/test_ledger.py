@@ -68,3 +68,25 @@ def test_ground_truth_oracle_counts_and_rejects_foreign_ids():
     assert oracle.labels_revealed == 2
     with pytest.raises(KeyError, match="not in this client's partition"):
         oracle.label(np.array([99]))
+
+
+def test_a_reread_ledger_sees_every_change_made_by_another_writer(tmp_path):
+    """Reads are cached per process while the file is unchanged; any rewrite of the file is seen."""
+    import json
+    import os
+
+    path = tmp_path / "ledger.json"
+    a = LabelLedger(path)
+    a.record(np.array([1, 2]), np.array([0, 1]), cycle=0, strategy="s", query_token="t0")
+    b = LabelLedger(path)  # from the cache
+    assert b.labeled_ids().tolist() == [1, 2]
+    b.record(np.array([3]), np.array([2]), cycle=1, strategy="s", query_token="t1")
+    assert LabelLedger(path).labeled_ids().tolist() == [1, 2, 3]
+    assert a.labeled_ids().tolist() == [1, 2]  # an object is a snapshot; a new one reads the file
+    payload = json.loads(path.read_text())  # another process rewrites the file (atomically, as every writer does)
+    payload["entries"] = payload["entries"][:1]
+    payload["queries"] = {"t0": [1]}
+    tmp = tmp_path / "other.json"
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, path)
+    assert LabelLedger(path).labeled_ids().tolist() == [1]
