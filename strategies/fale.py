@@ -173,7 +173,8 @@ class FaleStrategy(FALStrategy):
         if "fale-svd" not in phase.state:  # the first query: FedSVD and the leverage scores, once per run
             phase.state["fale-svd"] = self._fedsvd(phase)
         svd = phase.state["fale-svd"]
-        pids, sizes, tau = svd["pids"], svd["sizes"], svd["tau"]
+        # (a resumed run's state comes from the checkpoint's JSON: tau is a list there)
+        pids, sizes, tau = svd["pids"], svd["sizes"], np.asarray(svd["tau"], dtype=np.float64)
         if sorted(phase.clients) != pids:
             raise RuntimeError(f"FALE: the clients changed since the FedSVD of cycle {svd['cycle']} ({pids})")
         n_total = fale_budget(cfg, sum(sizes))
