@@ -62,7 +62,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the repo
 
 import torch  # noqa: E402
-from scipy import stats  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from client_app.methods.fale import client_features, load_theta  # noqa: E402
@@ -80,6 +79,7 @@ from fedsvd import (  # noqa: E402
     server_svd,
 )
 from fedsvd.server import Selection  # noqa: E402
+from launcher.report import paired_wtl  # noqa: E402
 from strategies.fale import fale_cycle_budget  # noqa: E402
 
 from benchmarks.fale_baselines import baseline_rows, curves_png, initial_rows, median_squared_error  # noqa: E402
@@ -216,21 +216,15 @@ def random_rows(cfg: RunConfig, part: ClientData, pid: int, per_client_budget: i
     return np.concatenate([initial, pool[picks]]).astype(np.int64)
 
 
-def win_tie_loss(a: np.ndarray, b: np.ndarray, alpha: float = 0.05) -> tuple[int, int, int]:
-    """Paired t-test per checkpoint (rows: checkpoints, columns: repeats); lower MSE wins."""
-    w = t = loss = 0
-    for ra, rb in zip(np.atleast_2d(a), np.atleast_2d(b), strict=True):
-        if len(ra) < 2 or np.allclose(ra, rb):
-            t += 1
-            continue
-        p = stats.ttest_rel(ra, rb).pvalue
-        if np.isfinite(p) and p < alpha:
-            if ra.mean() < rb.mean():
-                w += 1
-            else:
-                loss += 1
-        else:
-            t += 1
+def win_tie_loss(a: np.ndarray, b: np.ndarray) -> tuple[int, int, int]:
+    """Paired t-test per checkpoint (rows: checkpoints, columns: repeats); lower MSE wins.
+
+    The counting of ``fal-report`` (:func:`launcher.report.paired_wtl`, p < 0.05), on arrays.
+    """
+    rows_a, rows_b = np.atleast_2d(a), np.atleast_2d(b)
+    if rows_a.shape != rows_b.shape:
+        raise ValueError(f"win_tie_loss: shapes differ ({rows_a.shape} vs {rows_b.shape})")
+    w, t, loss, _ = paired_wtl(dict(enumerate(rows_a.tolist())), dict(enumerate(rows_b.tolist())), lower_is_better=True)
     return w, t, loss
 
 
