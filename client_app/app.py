@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from flwr.app import Context, Message
@@ -10,7 +11,7 @@ from flwr.clientapp import ClientApp
 from client_app import actions, methods  # noqa: F401  (methods registers its query actions)
 from client_app.actions import QUERY_ACTIONS, Handler
 from client_app.session import ClientSession
-from fal_shared.wire import config_of
+from fal_shared.wire import RUN_CONFIG_DEFAULTS, config_of
 
 app = ClientApp()
 log = logging.getLogger(__name__)
@@ -21,7 +22,8 @@ def _handle(fn: Handler, msg: Message, context: Context) -> Message:
     run_name = str(conf.get("run-name", ""))
     if not run_name:
         raise ValueError(f"message {msg.metadata.message_type!r} carries no run-name in its config")
-    session = ClientSession(context, run_name)
+    defaults = json.loads(str(conf.get(RUN_CONFIG_DEFAULTS, "{}")))
+    session = ClientSession(context, run_name, run_config_defaults=defaults)
     return Message(content=fn(session, msg.content), reply_to=msg)
 
 

@@ -8,7 +8,9 @@ disk, so nothing bought is ever only in memory.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,9 +43,10 @@ def _safe(name: str) -> str:
 class ClientSession:
     """Everything one message handler needs, derived from the Flower context."""
 
-    def __init__(self, context: Context, run_name: str) -> None:
+    def __init__(self, context: Context, run_name: str, *, run_config_defaults: Mapping[str, Any] | None = None) -> None:
         self.context = context
-        self.cfg: RunConfig = parse_run_config(context.run_config)
+        # the strategy's own defaults, as the server applied them (strategies.resolve_run_config)
+        self.cfg: RunConfig = parse_run_config({**context.run_config, **(run_config_defaults or {})})
         try:
             self.partition_id = int(context.node_config["partition-id"])
             self.num_partitions = int(context.node_config["num-partitions"])

@@ -33,6 +33,7 @@ from fal_shared.settings.feal import FealSettings
 from fal_shared.settings.kafal import KafalSettings
 from fal_shared.settings.failures import FailureSettings
 from fal_shared.settings.labeling import LabelingSettings, NodeLabelingConfig
+from fal_shared.settings.regression import RegressionBaselineSettings
 
 __all__ = [
     "ConfigError",
@@ -221,8 +222,8 @@ class RuntimeSettings(_Base):
 
 
 class RunConfig(
-    FealSettings, KafalSettings, FaleSettings, FairfalSettings, AhfalSettings, BaselineSettings,
-    FailureSettings, LabelingSettings,
+    FealSettings, KafalSettings, RegressionBaselineSettings, FaleSettings, FairfalSettings, AhfalSettings,
+    BaselineSettings, FailureSettings, LabelingSettings,
     RuntimeSettings, QuerySettings, TrainingSettings, ScheduleSettings, ExperimentSettings):
     """Every run-config key.
 

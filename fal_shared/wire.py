@@ -7,7 +7,11 @@ from typing import Any
 import numpy as np
 from flwr.app import RecordDict
 
-__all__ = ["content_bytes", "config_of", "int_list"]
+__all__ = ["RUN_CONFIG_DEFAULTS", "content_bytes", "config_of", "int_list"]
+
+#: message config key: JSON of the run-config values the server's strategy supplied
+#: (strategies.resolve_run_config), applied by every client on top of Flower's run config
+RUN_CONFIG_DEFAULTS = "run-config-defaults"
 
 
 def content_bytes(content: RecordDict) -> int:

@@ -66,13 +66,15 @@ def resolve_overrides(
         overrides["num-clients"] = num_clients  # the processes started decide how many clients there are
     elif not overrides.get("num-clients"):
         overrides["num-clients"] = DEFAULT_NODES
-    cfg = parse_run_config(overrides)
+    parse_run_config(overrides)  # bad keys and values fail here, before the heavy imports
     from server_app.app import output_folder, resolve_run_name  # heavy imports after cheap checks
-    from strategies import create_strategy
+    from strategies import create_strategy, resolve_run_config
 
-    create_strategy(cfg)  # unknown strategy / unsupported task fail here
+    # the keys given here are the ones flwr run passes on as the run's override config, so the
+    # ServerApp resolves the strategy's own defaults the same way
+    cfg, _ = resolve_run_config(overrides, explicit=set(overrides))
+    create_strategy(cfg)  # unknown strategy / unsupported task / a value the strategy cannot run with fail here
     from fal_shared.experiment_data import test_data
-
     from fal_shared.models import check_model_fits
 
     test = test_data(cfg)  # a missing or corrupt data file fails here, before any Flower process starts
@@ -84,7 +86,7 @@ def resolve_overrides(
         "output-dir": str(folder.parent),
         "state-dir": str(cfg.state_root()),
     })
-    return parse_run_config(overrides), overrides, folder
+    return resolve_run_config(overrides, explicit=set(overrides))[0], overrides, folder
 
 
 def check_results(folder: Path) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fal_shared.config import ConfigError, RunConfig, parse_run_config
+from fal_shared.config import ConfigError, RunConfig
 
 __all__ = ["SweepSettings", "Sweep", "RunSpec", "read_sweep", "load_sweep"]
 
@@ -165,7 +165,7 @@ def load_sweep(path: str | Path, output: Path, overrides: dict[str, Any] | None 
 
 
 def _expand(sweep: Sweep, output: Path) -> list[RunSpec]:
-    from strategies import create_strategy  # heavy import, after the file checks
+    from strategies import create_strategy, resolve_run_config  # heavy import, after the file checks
 
     methods = sweep.grid.get("strategy", [sweep.base.get("strategy", RunConfig().strategy)])
     axes = {k: v for k, v in sweep.grid.items() if k != "strategy"}
@@ -186,7 +186,9 @@ def _expand(sweep: Sweep, output: Path) -> list[RunSpec]:
                 "state-dir": str(output / "state"),
             })
             try:
-                cfg = parse_run_config(config)
+                # the sweep file's keys are the ones set; the strategy supplies its defaults for the rest
+                # (e.g. fale: num-cycles=10, evaluation="federated"), so every run gets them as set keys
+                cfg, _ = resolve_run_config(config, explicit=set(config))
                 create_strategy(cfg)
             except (ConfigError, ValueError) as err:
                 raise ConfigError(f"{sweep.path}: run {name!r}: {err}") from None

@@ -55,7 +55,9 @@ __all__ = [
     "NoiseStabilitySelector",
     "LoGoSelector",
     "add_weight_noise",
+    "check_finite",
     "logo_cluster_pick",
+    "logo_kmeans",
     "noise_deviations",
 ]
 
@@ -81,7 +83,7 @@ def query_model_kind(params: Mapping[str, Any]) -> str:
     return kind
 
 
-def _check_finite(arr: np.ndarray, what: str) -> np.ndarray:
+def check_finite(arr: np.ndarray, what: str) -> np.ndarray:
     """Raise a ValueError naming ``what`` if ``arr`` holds NaN or inf."""
     arr = np.asarray(arr)
     if not np.isfinite(arr).all():
@@ -111,8 +113,8 @@ class BadgeSelector(Selector):
     def select(self, ctx: PoolContext) -> np.ndarray:
         kind = query_model_kind(ctx.params)
         pred = ctx.models.pool(kind)
-        probs = _check_finite(pred.outputs, f"badge: probabilities of the {kind} model")
-        feats = _check_finite(pred.features, f"badge: features of the {kind} model")
+        probs = check_finite(pred.outputs, f"badge: probabilities of the {kind} model")
+        feats = check_finite(pred.features, f"badge: features of the {kind} model")
         return kmeans_pp_seeding(GradientEmbeddings(feats, probs), ctx.budget, ctx.rng)
 
 
@@ -134,10 +136,10 @@ class CoreSetSelector(Selector):
 
     def select(self, ctx: PoolContext) -> np.ndarray:
         kind = query_model_kind(ctx.params)
-        pool = _check_finite(ctx.models.pool(kind).features, f"coreset: pool features of the {kind} model")
+        pool = check_finite(ctx.models.pool(kind).features, f"coreset: pool features of the {kind} model")
         anchors = None
         if len(ctx.labeled_ids):
-            labeled = _check_finite(
+            labeled = check_finite(
                 ctx.models.labeled(kind).features, f"coreset: labeled-set features of the {kind} model"
             )
             anchors = DenseFeatures(labeled)
@@ -200,7 +202,7 @@ def noise_deviations(
     probabilities. Copies are made and scored one at a time (memory: one extra
     model). Returns a float32 array of shape ``(len(x), num_copies * C)``.
     """
-    out0 = _check_finite(predict(model, x).outputs, what).astype(np.float32)
+    out0 = check_finite(predict(model, x).outputs, what).astype(np.float32)
     out0 = out0.reshape(len(x), -1)
     norms = np.linalg.norm(out0, axis=1, keepdims=True)
     # softmax rows have norm >= 1/sqrt(C); the floor only guards a regression-like zero output
@@ -210,7 +212,7 @@ def noise_deviations(
     for k in range(num_copies):
         noisy = copy.deepcopy(model)
         add_weight_noise(noisy, relative_scale, generator)
-        out_k = _check_finite(predict(noisy, x).outputs, f"{what} (noisy copy {k})").reshape(len(x), -1)
+        out_k = check_finite(predict(noisy, x).outputs, f"{what} (noisy copy {k})").reshape(len(x), -1)
         z[:, k * width : (k + 1) * width] = (out_k - out0) / norms
         del noisy
     return z
@@ -282,7 +284,7 @@ def logo_cluster_pick(labels: np.ndarray, scores: np.ndarray, budget: int) -> np
     n = len(labels)
     if len(scores) != n:
         raise ValueError(f"`scores` has {len(scores)} entries but `labels` has {n}")
-    _check_finite(scores, "logo: global-model entropy")
+    check_finite(scores, "logo: global-model entropy")
     budget = min(int(budget), n)
     if budget <= 0:
         return np.zeros(0, dtype=np.intp)
@@ -323,22 +325,27 @@ class LoGoSelector(Selector):
     def select(self, ctx: PoolContext) -> np.ndarray:
         settings = baseline_settings(ctx.params)
         local = ctx.models.pool("local-only")
-        p_local = _check_finite(local.outputs, "logo: probabilities of the local-only model")
-        h_local = _check_finite(local.features, "logo: features of the local-only model")
-        p_global = _check_finite(ctx.models.pool("global").outputs, "logo: probabilities of the global model")
+        p_local = check_finite(local.outputs, "logo: probabilities of the local-only model")
+        h_local = check_finite(local.features, "logo: features of the local-only model")
+        p_global = check_finite(ctx.models.pool("global").outputs, "logo: probabilities of the global model")
         z = (1.0 - p_local.max(axis=1))[:, None] * h_local
-        kmeans = KMeans(
-            n_clusters=ctx.budget,
-            n_init=settings.logo_kmeans_n_init,
-            max_iter=settings.logo_kmeans_max_iter,
-            random_state=int(ctx.rng.integers(2**31 - 1)),
-        )
-        # KMeans' OpenMP/BLAS threads follow the client's torch thread budget
-        # (client-threads): on a shared CPU, sklearn's default of one thread per
-        # core made this step about 10x slower (2.0 s vs 0.2 s for 540 x 256, 30 clusters).
-        with warnings.catch_warnings(), threadpool_limits(limits=torch.get_num_threads()):
-            # duplicate points leave clusters empty; logo_cluster_pick fills them (spec 3.1 step 4)
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            labels = kmeans.fit_predict(z)
+        labels = logo_kmeans(z, ctx.budget, settings, ctx.rng)
         ctx.diagnostics["logo-clusters-found"] = int(len(np.unique(labels)))
         return logo_cluster_pick(labels, entropy(p_global), ctx.budget)
+
+
+def logo_kmeans(z: np.ndarray, n_clusters: int, settings: BaselineSettings, rng: np.random.Generator) -> np.ndarray:
+    """LoGo's macro step: cluster labels of ``KMeans(n_clusters)`` on ``z`` (one seed drawn from ``rng``)."""
+    kmeans = KMeans(
+        n_clusters=n_clusters,
+        n_init=settings.logo_kmeans_n_init,
+        max_iter=settings.logo_kmeans_max_iter,
+        random_state=int(rng.integers(2**31 - 1)),
+    )
+    # KMeans' OpenMP/BLAS threads follow the client's torch thread budget
+    # (client-threads): on a shared CPU, sklearn's default of one thread per
+    # core made this step about 10x slower (2.0 s vs 0.2 s for 540 x 256, 30 clusters).
+    with warnings.catch_warnings(), threadpool_limits(limits=torch.get_num_threads()):
+        # duplicate points leave clusters empty; logo_cluster_pick fills them (spec 3.1 step 4)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return kmeans.fit_predict(z)

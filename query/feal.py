@@ -34,7 +34,7 @@ from torch.distributions import Dirichlet
 
 from fal_shared.heads import evidential_alpha
 from query.base import PoolContext, Selector, random_pool_subset, register_selector
-from query.baselines import _check_finite
+from query.baselines import check_finite
 from query.kernels import top_k
 
 __all__ = ["FealSelector", "aleatoric_uncertainty", "epistemic_uncertainty", "feal_uncertainty", "diversity_relaxation"]
@@ -120,12 +120,12 @@ class FealSelector(Selector):
                 pred = ctx.models.pool(kind)
             else:
                 pred = ctx.models.predict(ctx.models.model(kind), ctx.models.x_pool[subset])
-            _check_finite(pred.logits, f"feal: logits of the {kind} model")
+            check_finite(pred.logits, f"feal: logits of the {kind} model")
             outputs[kind] = pred
         scores = feal_uncertainty(outputs["global"].logits, outputs["local"].logits)
         shuffle = ctx.rng.permutation(len(subset))  # random tie-breaking (FEAL shuffles the pool)
         ranking = shuffle[top_k(scores[shuffle], len(subset))]
-        features = _check_finite(outputs["local"].features, "feal: features of the local model")
+        features = check_finite(outputs["local"].features, "feal: features of the local model")
         picks, skipped = diversity_relaxation(
             ranking, features, ctx.budget,
             neighbors=int(ctx.params.get("feal-neighbors", 5)),

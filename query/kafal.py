@@ -30,7 +30,7 @@ import torch
 
 from fal_shared.heads import HEADS
 from query.base import PoolContext, Selector, register_selector
-from query.baselines import _check_finite
+from query.baselines import check_finite
 from query.kernels import top_k
 
 __all__ = ["KsasSelector", "ksas_scores"]
@@ -72,7 +72,7 @@ class KsasSelector(Selector):
         log_p = {}
         for kind in ("local", "global"):
             pred = ctx.models.pool(kind)
-            logits = _check_finite(pred.logits, f"kafal: logits of the {kind} model")
+            logits = check_finite(pred.logits, f"kafal: logits of the {kind} model")
             log_p[kind] = HEADS.lookup(pred.head).log_probabilities(torch.as_tensor(logits)).numpy()
         scores = ksas_scores(log_p["local"], log_p["global"], counts, tau)
         ctx.diagnostics["kafal-labeled-classes"] = int((counts > 0).sum())

@@ -216,6 +216,7 @@ class Experiment:
     def __init__(
         self, grid: Grid, cfg: RunConfig, *, run_name: str, recorder: ResultsRecorder,
         checkpoint: Checkpoint | None = None, resume: dict[str, Any] | None = None,
+        strategy_defaults: Mapping[str, Any] | None = None,
     ) -> None:
         self.cfg = cfg
         self.checkpoint = checkpoint
@@ -229,6 +230,7 @@ class Experiment:
         self.messenger = Messenger(
             self.grid, run_name=run_name, timeout=cfg.reply_timeout_seconds, retries=cfg.query_retries,
             before_retry=self.refresh_nodes,
+            run_config_defaults=strategy_defaults,  # every client applies the strategy's defaults as the server did
         )
         self.clients: dict[int, ClientInfo] = {}
         self.num_partitions = 0

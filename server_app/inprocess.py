@@ -14,15 +14,21 @@ from typing import Any
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 __all__ = ["InProcessGrid"]
 
 
 class InProcessGrid(Grid):
-    def __init__(self, client_app: ClientApp, run_config: dict[str, Any], node_configs: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, client_app: ClientApp, run_config: dict[str, Any], node_configs: list[dict[str, Any]], *,
+        override_config: dict[str, Any] | None = None,
+    ) -> None:
         self.client_app = client_app
         self.in_process = True  # MeteredGrid: answers synchronously, no push/pull
+        #: the keys a user set, as ``flwr run`` reports them (``grid.run.override_config``); None = unknown
+        self.override_config = override_config
         # Messages read the run id from the process's task identity, which
         # Flower's runtimes set; here we are the runtime.
         TaskIdentity.run_id = 1
@@ -50,8 +56,12 @@ class InProcessGrid(Grid):
         pass
 
     @property
-    def run(self):  # pragma: no cover
-        raise NotImplementedError
+    def run(self) -> Run:
+        if self.override_config is None:
+            raise NotImplementedError("this in-process grid was given no override config")
+        run = Run.create_empty(run_id=1)
+        run.override_config = dict(self.override_config)
+        return run
 
     def create_message(self, *args: Any, **kwargs: Any) -> Message:  # pragma: no cover
         raise NotImplementedError
@@ -95,9 +105,10 @@ def run_inprocess(
 ) -> dict[str, Any]:
     """Run a whole experiment in this process (tests and benchmarks).
 
-    ``overrides`` are run-config keys; ``num-clients`` nodes are created with
-    partition ids 0..N-1 (plus ``node_configs[i]``, e.g. an oracle). Returns the
-    results dict (also written to output-dir).
+    ``overrides`` are run-config keys (the grid reports them as the run's override config, as
+    ``flwr run`` does, so strategy defaults resolve as there); ``num-clients`` nodes are created
+    with partition ids 0..N-1 (plus ``node_configs[i]``, e.g. an oracle). Returns the results
+    dict (also written to output-dir).
     """
     from client_app.app import app as client_app
     from fal_shared.config import RunConfig
@@ -107,5 +118,6 @@ def run_inprocess(
     n = int(num_clients or run_config["num-clients"] or 10)
     run_config["num-clients"] = n
     extra = node_configs or [{}] * n
-    grid = InProcessGrid(client_app, run_config, [{"partition-id": i, "num-partitions": n, **extra[i]} for i in range(n)])
+    nodes = [{"partition-id": i, "num-partitions": n, **extra[i]} for i in range(n)]
+    grid = InProcessGrid(client_app, run_config, nodes, override_config={**overrides, "num-clients": n})
     return run_experiment(grid, run_config)

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -26,7 +27,7 @@ from flwr.app import ConfigRecord, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
-from fal_shared.wire import content_bytes
+from fal_shared.wire import RUN_CONFIG_DEFAULTS, content_bytes
 
 __all__ = ["ClientFailure", "MeteredGrid", "Messenger", "TrafficMeter", "lost_reason"]
 
@@ -179,9 +180,13 @@ class Messenger:
     def __init__(
         self, grid: Grid, *, run_name: str, timeout: float, retries: int,
         before_retry: Callable[[], None] | None = None,
+        run_config_defaults: Mapping[str, Any] | None = None,
     ) -> None:
         self.grid = grid
         self.run_name = run_name
+        #: run-config values the strategy supplied (strategies.resolve_run_config); the clients'
+        #: run config is Flower's, without them, so they travel with every message
+        self.run_config_defaults = dict(run_config_defaults or {})
         self.timeout = timeout
         self.retries = retries
         self.before_retry = before_retry
@@ -190,10 +195,12 @@ class Messenger:
         self.lost: list[dict[str, Any]] = []  # clients left out of a round: message type, partition, reason
 
     def with_run_name(self, content: RecordDict) -> RecordDict:
-        """A copy of ``content`` whose ``config`` carries the run name."""
+        """A copy of ``content`` whose ``config`` carries the run name (and the strategy's run-config defaults)."""
         items = dict(content.items())
         config = dict(items.get("config", ConfigRecord()))
         config.setdefault("run-name", self.run_name)
+        if self.run_config_defaults:
+            config.setdefault(RUN_CONFIG_DEFAULTS, json.dumps(self.run_config_defaults))
         items["config"] = ConfigRecord(config)
         return RecordDict(items)
 

@@ -16,19 +16,24 @@ records bytes and time. The shapes the papers need all fit one method,
 
 Strategies are registered by name with :func:`register_strategy`; an unknown
 name fails before any training with the list of valid names.
+
+A strategy may need run-config values other than the generic defaults (FALE:
+``evaluation="federated"``). It declares them in :meth:`FALStrategy.run_defaults`;
+:func:`resolve_run_config` fills them in for the keys the user did not set, and
+:meth:`FALStrategy.validate` still refuses a contradicting value the user did set.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from flwr.app import ArrayRecord, RecordDict
 
-from fal_shared.config import RunConfig
+from fal_shared.config import RunConfig, parse_run_config
 from fal_shared.registry import Registry
 
 __all__ = [
@@ -39,6 +44,7 @@ __all__ = [
     "register_strategy",
     "create_strategy",
     "SelectRoundStrategy",
+    "resolve_run_config",
 ]
 
 
@@ -117,6 +123,17 @@ class FALStrategy(ABC):
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
 
+    @classmethod
+    def run_defaults(cls, cfg: RunConfig) -> dict[str, Any]:
+        """Run-config values (by key) the strategy uses where the user set none.
+
+        For settings whose generic default the method cannot run with, or whose own default differs
+        (FALE: ``evaluation="federated"``). :func:`resolve_run_config` applies them to the keys the
+        user did not set; a value the user did set is kept, and :meth:`validate` judges it. ``cfg``
+        is the config before these defaults (so they may depend on, e.g., the dataset).
+        """
+        return {}
+
     def train_rounds(self, cycle: int) -> int:
         """FedAvg rounds to run at the start of ``cycle`` (before its evaluation).
 
@@ -154,6 +171,44 @@ STRATEGIES: Registry[type[FALStrategy]] = Registry("strategy", "strategies")
 def register_strategy(name: str) -> Callable[[type[FALStrategy]], type[FALStrategy]]:
     """Class decorator adding a strategy to :data:`STRATEGIES` under ``name``."""
     return STRATEGIES.register(name)
+
+
+def resolve_run_config(
+    run_config: Mapping[str, Any], explicit: Collection[str] | None = None
+) -> tuple[RunConfig, dict[str, Any]]:
+    """Parse a run config and fill in the strategy's :meth:`~FALStrategy.run_defaults`.
+
+    Parameters
+    ----------
+    run_config
+        Run-config keys and values: Flower's fused config (pyproject defaults + overrides) or just
+        the overrides.
+    explicit
+        The keys the user set: ``flwr run``'s override config (``grid.run.override_config``, which
+        the ServerApp sees in simulation and deployment), a launcher's overrides. ``None`` when
+        unknown: then a value equal to the generic default (the pyproject table) counts as not set,
+        since nothing else distinguishes it.
+
+    Returns
+    -------
+    (config, applied)
+        The config with the strategy's defaults in place, and the values the strategy supplied
+        (empty if none). Unknown strategy names and bad values raise here (``ConfigError`` /
+        ``ValueError`` naming the key).
+    """
+    cfg = parse_run_config(dict(run_config))
+    current = cfg.to_flower()
+    generic = RunConfig().to_flower()
+    applied: dict[str, Any] = {}
+    for key, value in STRATEGIES.lookup(cfg.strategy).run_defaults(cfg).items():
+        if key not in current:
+            raise KeyError(f"strategy {cfg.strategy!r} declares a default for {key!r}, which is no run-config key")
+        user_set = key in explicit if explicit is not None else current[key] != generic[key]
+        if not user_set and current[key] != value:
+            applied[key] = value
+    if applied:
+        cfg = parse_run_config({**current, **applied})
+    return cfg, applied
 
 
 def create_strategy(cfg: RunConfig) -> FALStrategy:

@@ -1,5 +1,8 @@
 """Classification baselines: BADGE, Core-Set, Noise Stability, LoGo: one selection round each.
 
+BADGE and Core-Set also run on regression datasets, as BMDAL's k-means++ and MaxDist
+(``query/bmdal.py``), FALE's Core-Set and BADGE baselines (Sec. 5.1).
+
 The selectors are in ``query/baselines.py``. BADGE, Core-Set and Noise
 Stability score the pool with the query model named by ``query-model``
 (global | local | local-only, as LoGo's ``--query_model_mode``); the global
@@ -9,7 +12,9 @@ local-only model (clustering) and the global model (entropy).
 
 from __future__ import annotations
 
-from strategies.base import SelectRoundStrategy, register_strategy
+from typing import ClassVar
+
+from strategies.base import QueryPhase, SelectRoundStrategy, register_strategy
 
 __all__ = ["BadgeStrategy", "CoreSetStrategy", "NoiseStabilityStrategy", "LoGoStrategy"]
 
@@ -23,22 +28,49 @@ class _QueryModelStrategy(SelectRoundStrategy):
         return self.cfg.query_model == "global"
 
 
+class _RegressionToo(_QueryModelStrategy):
+    """Core-Set and BADGE: on a regression dataset, BMDAL's version of the method (FALE Sec. 5.1).
+
+    ``regression_selector`` (``query/bmdal.py``) runs there with the configuration in the
+    ``bmdal_setting`` run-config key; classification is unchanged.
+    """
+
+    tasks = ("classification", "regression")
+    regression_selector: ClassVar[str] = ""
+    bmdal_setting: ClassVar[str] = ""
+
+    def query(self, phase: QueryPhase) -> None:
+        if self.cfg.task != "regression":
+            return super().query(phase)
+        params = {**self.params(phase), "bmdal-sigma": self.cfg.bmdal_sigma,
+                  self.bmdal_setting: self.cfg.to_flower()[self.bmdal_setting]}
+        phase.select(self.regression_selector, params, include_model=self.uses_model())
+
+
 @register_strategy("badge")
-class BadgeStrategy(_QueryModelStrategy):
-    """k-means++ seeding on the query model's (factorised) gradient embeddings."""
+class BadgeStrategy(_RegressionToo):
+    """k-means++ seeding on the query model's (factorised) gradient embeddings; BMDAL k-means++ on regression."""
 
     selector = "badge"
-    description = "BADGE: k-means++ seeding on last-layer gradient embeddings of the query model"
-    source = "Ash et al. ICLR 2020; JordanAsh/badge badge_sampling.py; LoGo badge_sampling.py; spec 7"
+    regression_selector, bmdal_setting = "kmeanspp", "badge-bmdal"
+    description = (
+        "BADGE: k-means++ seeding on last-layer gradient embeddings of the query model; regression: "
+        "k-means++ in the BMDAL kernel (badge-bmdal)"
+    )
+    source = "Ash et al. ICLR 2020; JordanAsh/badge badge_sampling.py; LoGo badge_sampling.py; spec 7; bmdal_reg kmeanspp"
 
 
 @register_strategy("coreset")
-class CoreSetStrategy(_QueryModelStrategy):
-    """k-center greedy on penultimate features, labelled set as initial centres."""
+class CoreSetStrategy(_RegressionToo):
+    """k-center greedy on penultimate features, labelled set as initial centres; BMDAL MaxDist on regression."""
 
     selector = "coreset"
-    description = "Core-Set: k-center greedy on penultimate features, labeled set as initial centers"
-    source = "Sener & Savarese ICLR 2018; LoGo core_set.py; spec 7"
+    regression_selector, bmdal_setting = "maxdist", "coreset-bmdal"
+    description = (
+        "Core-Set: k-center greedy on penultimate features, labeled set as initial centers; regression: "
+        "MaxDist in the BMDAL kernel (coreset-bmdal)"
+    )
+    source = "Sener & Savarese ICLR 2018; LoGo core_set.py; spec 7; bmdal_reg maxdist"
 
 
 @register_strategy("noise-stability")
@@ -66,6 +98,6 @@ class LoGoStrategy(SelectRoundStrategy):
         super().validate()
         if self.cfg.query_model != "global":
             raise ValueError(
-                f"query-model: logo always clusters with the local-only model and ranks with the global model; "
+                f"query-model: {self.name} always clusters with the local-only model and ranks with the global model; "
                 f"query-model={self.cfg.query_model!r} has no meaning for it (leave it at 'global')"
             )

@@ -23,7 +23,22 @@ masked weighted least squares (:func:`fedsvd.masked_least_squares`). FALE's mode
 the clear on the server, so the loop does not train (:meth:`FaleStrategy.train_rounds` = 0) and
 evaluates federatedly the model each client unmasked (``evaluation = "federated"`` is required).
 FALE-local stops after the labels are bought and the loop's FedAvg trains the linear model on them
-in the next cycle. Both need no initial labels and select once (``num-cycles = 1``).
+in the next cycle. Both need no initial labels.
+
+Several cycles: a learning curve in one run
+-------------------------------------------
+With ``num-cycles = C`` query ``c`` (0-based) raises the selection to ``n_q(c) = ceil(n_q (c+1) / C)``
+distinct rows (:func:`fale_cycle_budget`; ``n_q`` = ``fale-budget-count`` or
+``fale-budget-fraction``), so the run evaluates FALE at ``C`` budgets, the last one ``n_q``. The
+FedSVD rounds (1-4) run once, at the first query; the leverage scores stay on the server
+(``phase.state``) and every later query only continues the same sampling stream (the stream is
+re-seeded identically and drawn further: the selection at a larger budget extends the smaller one's
+draws, nested as in ``benchmarks/fale_benchmark.py``). Each client buys only the rows it does not
+hold yet; FALE then refits on every selected row with the weights of the current budget (``n_s``
+and the multiplicities grow), masked with a fresh ``P~_i`` per query. ``num-cycles = 1`` is the
+paper's one-pass algorithm. FALE's own defaults (:meth:`FaleStrategy.run_defaults`, applied to the
+keys the user did not set): ``num-cycles = 10`` (the paper's Table 2 compares at 10%, 20%, ...,
+100% of the budget) and ``evaluation = "federated"``.
 
 Who holds what (the paper's trusted authority made explicit)
 --------------------------------------------------------------
@@ -58,6 +73,11 @@ keys faithfully need authenticated keys (e.g. pinned per node), which this app d
 
 Clients learn ``U_i`` of their own rows; a client with full-column-rank ``U_i`` can solve for ``S
 V^T`` and so learns the global Gram ``X^T X``. FALE accepts that.
+
+Over several cycles the server gets one masked weighted labelled block per client and query, so it
+learns each client's weighted Gram of ``[X^L_i Q, y^L_i]`` at every budget of the curve, not only
+at the last one (differences between budgets concern the newly selected rows, under changed
+weights); ``num-cycles = 1`` reveals only the final one, as the paper's single pass.
 """
 
 from __future__ import annotations
@@ -71,7 +91,10 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from fal_shared.wire import config_of
 from strategies.base import FALStrategy, QueryPhase, register_strategy
 
-__all__ = ["FaleLocalStrategy", "FaleStrategy", "fale_budget", "sampling_seed"]
+__all__ = ["FaleLocalStrategy", "FaleStrategy", "fale_budget", "fale_cycle_budget", "sampling_seed"]
+
+#: FALE's own defaults for keys the user did not set (see the module docstring)
+FALE_NUM_CYCLES = 10  # FALE Table 2: paired t-tests at 10%, 20%, ..., 100% of the query budget
 
 #: the client state key of FALE's unmasked model (client_app.methods.fale.MODEL_KEY)
 MODEL_KEY = "fale-model"
@@ -94,6 +117,11 @@ def fale_budget(cfg, total: int) -> int:
     return max(1, min(total, math.ceil(cfg.fale_budget_fraction * total - 1e-9)))
 
 
+def fale_cycle_budget(n_query: int, cycle: int, num_cycles: int) -> int:
+    """Distinct rows selected after query ``cycle`` (0-based) of ``num_cycles``: ``ceil(n_q (cycle+1) / C)``."""
+    return max(1, -(-n_query * (cycle + 1) // max(1, num_cycles)))
+
+
 def _arrays(reply: RecordDict, key: str) -> list[np.ndarray]:
     return reply.array_records[key].to_numpy_ndarrays()
 
@@ -112,20 +140,23 @@ class FaleStrategy(FALStrategy):
     #: FALE-local: FedAvg on the bought labels instead of the masked least squares
     local_training: ClassVar[bool] = False
 
+    @classmethod
+    def run_defaults(cls, cfg) -> dict[str, Any]:
+        defaults: dict[str, Any] = {"num-cycles": FALE_NUM_CYCLES}
+        if not cls.local_training:
+            defaults["evaluation"] = "federated"
+        return defaults
+
     def validate(self) -> None:
         super().validate()
         cfg = self.cfg
-        if cfg.num_cycles != 1:
-            raise ValueError(
-                f"num-cycles: {self.name} selects its whole budget in one pass; set num-cycles=1 "
-                f"(got {cfg.num_cycles}); for a learning curve run one experiment per fale-budget-count"
-            )
         if cfg.resolved_model() != "linear":
             raise ValueError(f"model: {self.name} fits a linear regression model; set model=linear or auto")
         if not self.local_training and cfg.evaluation != "federated":
             raise ValueError(
                 'evaluation: fale never holds the model in the clear on the server (the clients unmask it), '
-                'so it needs evaluation="federated" (each client evaluates on its held-out split)'
+                'so it needs evaluation="federated" (each client evaluates on its held-out split; FALE\'s own '
+                'default when evaluation is not set)'
             )
 
     def train_rounds(self, cycle: int) -> int:
@@ -136,9 +167,74 @@ class FaleStrategy(FALStrategy):
 
     # ------------------------------------------------------------------ protocol
     def query(self, phase: QueryPhase) -> None:
-        from fedsvd import masked_least_squares, numerical_rank, sample_until_distinct, server_svd
+        from fedsvd import masked_least_squares, sample_until_distinct
 
         cfg, cycle = self.cfg, phase.cycle
+        if "fale-svd" not in phase.state:  # the first query: FedSVD and the leverage scores, once per run
+            phase.state["fale-svd"] = self._fedsvd(phase)
+        svd = phase.state["fale-svd"]
+        # (a resumed run's state comes from the checkpoint's JSON: tau is a list there)
+        pids, sizes, tau = svd["pids"], svd["sizes"], np.asarray(svd["tau"], dtype=np.float64)
+        if sorted(phase.clients) != pids:
+            raise RuntimeError(f"FALE: the clients changed since the FedSVD of cycle {svd['cycle']} ({pids})")
+        n_total = fale_budget(cfg, sum(sizes))
+        n_query = fale_cycle_budget(n_total, cycle, cfg.num_cycles)
+
+        # server: sampling with replacement until n_q distinct (Algorithm 1, lines 5-12); the same
+        # stream every cycle, drawn further for a larger n_q (nested selections)
+        try:
+            selection = sample_until_distinct(tau, n_query, seed=sampling_seed(cfg.seed), max_draws=cfg.fale_max_draws)
+        except ValueError as err:
+            raise ValueError(f"fale-budget-count: {err}") from None
+        except RuntimeError as err:
+            raise RuntimeError(f"fale-max-draws: {err}") from None
+        per_client = selection.per_client(sizes)
+
+        # 5. selection to the clients; they buy the labels (FALE: and send the masked labelled data)
+        contents = {}
+        for p, sel in zip(pids, per_client, strict=True):
+            arrays = ArrayRecord(numpy_ndarrays=[
+                sel.local_indices.astype(np.int64), sel.counts.astype(np.int64), sel.row_scales.astype(np.float64)
+            ])
+            conf = {"token": f"cycle-{cycle}-{self.name}", "strategy": self.name, "mask-labelled": not self.local_training,
+                    "fedsvd-cycle": svd["cycle"]}
+            contents[p] = self._content(cycle, conf, selection=arrays)
+        labelled = phase.send("fale_label", contents)
+        for p in pids:
+            result = config_of(labelled[p], "result")
+            phase.selected[p] = np.asarray(result.get("selected-ids", []), dtype=np.int64)
+            phase.clients[p].labeled = int(result["labeled"])
+            phase.clients[p].pool_size = int(result["pool-size"])
+            phase.budgets[p] = int(phase.selected[p].size)  # recorded as this cycle's budgets
+
+        # 6. FALE: masked weighted least squares on the server, theta_hat to the clients
+        if not self.local_training:
+            a_parts, b_parts = zip(*(_arrays(labelled[p], "masked-labelled") for p in pids), strict=True)
+            theta_hat = masked_least_squares(list(a_parts), list(b_parts))
+            phase.broadcast("fale_model", {"fedsvd-cycle": svd["cycle"]},
+                            records={"theta-hat": ArrayRecord(numpy_ndarrays=[theta_hat])})
+            phase.state["fale-fitted"] = True
+
+        phase.record("fale", {
+            "n-query": n_query,
+            "n-query-total": n_total,
+            "n-draws": selection.n_draws,
+            "fedsvd-cycle": svd["cycle"],
+            "rank": svd["rank"],
+            "num-features": svd["num-features"],
+            "authority-partition": svd["authority"],
+            "block-size": cfg.fale_block_size,
+            "leverage-score-sum": float(tau.sum()),
+            "singular-values": svd["singular-values"],
+            "selected-per-client": {str(p): int(sel.local_indices.size) for p, sel in zip(pids, per_client, strict=True)},
+            "draws-per-client": {str(p): int(sel.counts.sum()) for p, sel in zip(pids, per_client, strict=True)},
+        })
+
+    def _fedsvd(self, phase: QueryPhase) -> dict[str, Any]:
+        """Rounds 1-4: keys, the sealed Q seed, masked blocks, server SVD, leverage scores (kept in ``phase.state``)."""
+        from fedsvd import numerical_rank, server_svd
+
+        cycle = phase.cycle
         pids = sorted(phase.clients)
         authority = pids[0]
 
@@ -147,7 +243,7 @@ class FaleStrategy(FALStrategy):
         results = {p: config_of(keys[p], "result") for p in pids}
         sizes = [int(results[p]["num-samples"]) for p in pids]
         total = sum(sizes)
-        n_query = fale_budget(cfg, total)
+        fale_budget(self.cfg, total)  # a budget larger than the data fails before any masking
 
         # 2. the authority client seals the Q seed for every other client (the server relays it)
         public = ConfigRecord({str(p): bytes(results[p]["public-key"]) for p in pids})
@@ -187,51 +283,10 @@ class FaleStrategy(FALStrategy):
             contents[p] = self._content(cycle, {}, **{"left-factor": ArrayRecord(numpy_ndarrays=[np.ascontiguousarray(u)])})
         scores = phase.send("fale_scores", contents)
         tau = np.concatenate([_arrays(scores[p], "scores")[0] for p in pids])
-
-        # server: sampling with replacement until n_q distinct (Algorithm 1, lines 5-12)
-        try:
-            selection = sample_until_distinct(tau, n_query, seed=sampling_seed(cfg.seed), max_draws=cfg.fale_max_draws)
-        except ValueError as err:
-            raise ValueError(f"fale-budget-count: {err}") from None
-        except RuntimeError as err:
-            raise RuntimeError(f"fale-max-draws: {err}") from None
-        per_client = selection.per_client(sizes)
-
-        # 5. selection to the clients; they buy the labels (FALE: and send the masked labelled data)
-        contents = {}
-        for p, sel in zip(pids, per_client, strict=True):
-            arrays = ArrayRecord(numpy_ndarrays=[
-                sel.local_indices.astype(np.int64), sel.counts.astype(np.int64), sel.row_scales.astype(np.float64)
-            ])
-            conf = {"token": f"cycle-{cycle}-{self.name}", "strategy": self.name, "mask-labelled": not self.local_training}
-            contents[p] = self._content(cycle, conf, selection=arrays)
-        labelled = phase.send("fale_label", contents)
-        for p in pids:
-            result = config_of(labelled[p], "result")
-            phase.selected[p] = np.asarray(result.get("selected-ids", []), dtype=np.int64)
-            phase.clients[p].labeled = int(result["labeled"])
-            phase.clients[p].pool_size = int(result["pool-size"])
-            phase.budgets[p] = int(phase.selected[p].size)  # recorded as this cycle's budgets
-
-        # 6. FALE: masked weighted least squares on the server, theta_hat to the clients
-        if not self.local_training:
-            a_parts, b_parts = zip(*(_arrays(labelled[p], "masked-labelled") for p in pids), strict=True)
-            theta_hat = masked_least_squares(list(a_parts), list(b_parts))
-            phase.broadcast("fale_model", records={"theta-hat": ArrayRecord(numpy_ndarrays=[theta_hat])})
-            phase.state["fale-fitted"] = True
-
-        phase.record("fale", {
-            "n-query": n_query,
-            "n-draws": selection.n_draws,
-            "rank": rank,
-            "num-features": d,
-            "authority-partition": authority,
-            "block-size": cfg.fale_block_size,
-            "leverage-score-sum": float(tau.sum()),
-            "singular-values": [float(v) for v in s],
-            "selected-per-client": {str(p): int(sel.local_indices.size) for p, sel in zip(pids, per_client, strict=True)},
-            "draws-per-client": {str(p): int(sel.counts.sum()) for p, sel in zip(pids, per_client, strict=True)},
-        })
+        return {
+            "cycle": cycle, "pids": pids, "sizes": sizes, "tau": tau, "rank": rank, "num-features": d,
+            "authority": authority, "singular-values": [float(v) for v in s],
+        }
 
     @staticmethod
     def _content(cycle: int, config: dict[str, Any], **records: Any) -> RecordDict:

@@ -60,9 +60,11 @@ def test_local_only_query_model_keeps_the_global_model_home(tmp_path):
 
 def test_strategies_are_registered_and_logo_rejects_a_query_model():
     for name in ("badge", "coreset", "noise-stability", "logo"):
-        assert STRATEGIES[name].tasks == ("classification",)
+        assert "classification" in STRATEGIES[name].tasks
         assert STRATEGIES[name].description and STRATEGIES[name].source
+    # badge and coreset also run on regression (BMDAL k-means++ / MaxDist, tests/test_regression_baselines.py)
+    assert STRATEGIES["badge"].tasks == STRATEGIES["coreset"].tasks == ("classification", "regression")
     with pytest.raises(ValueError, match="query-model"):
         create_strategy(RunConfig.model_validate({"strategy": "logo", "query-model": "local-only"}))
     with pytest.raises(ValueError, match="classification"):
-        create_strategy(RunConfig.model_validate({"strategy": "badge", "dataset": "diabetes"}))
+        create_strategy(RunConfig.model_validate({"strategy": "noise-stability", "dataset": "diabetes"}))

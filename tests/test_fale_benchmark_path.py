@@ -2,7 +2,8 @@
 
 FALE: same selected rows and theta as ``strategy=fale`` and as :func:`fedsvd.fale_fit`, at every
 budget of one curve. FALE-local and Random: the same labels and the same trained model (test MSE) as
-``strategy=fale-local`` / ``strategy=random`` through the app.
+``strategy=fale-local`` / ``strategy=random`` through the app. The BMDAL baselines: the same ids per
+query and the same model after two queries (benchmarks/fale_baselines.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ _spec = importlib.util.spec_from_file_location(
 bench = importlib.util.module_from_spec(_spec)
 sys.modules.setdefault("fale_benchmark", bench)  # dataclasses look their module up there
 _spec.loader.exec_module(bench)
+bench_baselines = sys.modules["benchmarks.fale_baselines"]  # imported by the benchmark
 
 K = 3
 
@@ -69,6 +71,28 @@ def test_fale_library_path_matches_the_app(tmp_path):
     assert app == sorted(point.selected)
     # the app's federated evaluation of the clients' unmasked model = the library's test MSE of theta
     assert results["cycles"][1]["evaluation"]["mse"] == pytest.approx(bench.linear_mse(point.theta, test, cfg), rel=1e-6)
+
+
+def test_fale_over_several_cycles_is_the_library_curve(tmp_path):
+    """num-cycles=3: one FedSVD, nested selections at ceil(n_q (c+1) / 3), each the library's point at that budget."""
+    run = settings(tmp_path, strategy="fale", evaluation="federated", **{"num-cycles": 3, "fale-budget-count": 60})
+    results = run_inprocess(run, num_clients=K)
+    cfg = RunConfig.model_validate(run)
+    parts, test = data(cfg)
+    curve = bench.fale_curve([client_features(p.x, False) for p in parts], [p.y for p in parts], [20, 40, 60],
+                             seed=cfg.seed, block_size=cfg.fale_block_size)
+    held: set = set()
+    for c, point in enumerate(curve):
+        cycle = results["cycles"][c]
+        new = {(p, int(np.searchsorted(parts[p].ids, i))) for p in range(K) for i in cycle["selected-ids"][str(p)]}
+        assert not new & held  # every client bought only rows it did not hold yet
+        held |= new
+        assert held == set(point.selected) and cycle["strategy"]["fale"]["n-query"] == point.n_query
+        assert results["cycles"][c + 1]["labeled"] == point.n_query
+        assert results["cycles"][c + 1]["evaluation"]["mse"] == pytest.approx(bench.linear_mse(point.theta, test, cfg), rel=1e-6)
+    # the FedSVD ran once; later cycles only sample further, label and refit
+    assert set(results["cycles"][1]["traffic"]) == {"evaluate", "query.fale_label", "query.fale_model"}
+    assert set(results["cycles"][0]["traffic"]) > {"query.fale_mask", "query.fale_scores"}
 
 
 def test_fale_local_library_path_matches_the_app(tmp_path):
@@ -113,3 +137,52 @@ def test_win_tie_loss_counts():
     assert bench.win_tie_loss(base, better) == (0, 0, 3)
     assert bench.win_tie_loss(mixed, base) == (1, 1, 1)
     assert bench.win_tie_loss(base, base) == (0, 3, 0)
+
+
+BASELINES = ["bait", "lcmd", "acs-fw", "coreset", "badge", "logo-bait"]
+
+
+@pytest.mark.parametrize("strategy", BASELINES)
+def test_baseline_library_path_matches_the_app(tmp_path, strategy):
+    """Two queries of each BMDAL baseline: the same ids per query and the same trained model as the app."""
+    run = settings(tmp_path, strategy=strategy, **{"num-cycles": 2, "budget-count": 6, "initial-labeled-fraction": 0.05})
+    results = run_inprocess(run, num_clients=K)
+    cfg = RunConfig.model_validate(run)
+    parts, test = data(cfg)
+    history = bench_baselines.baseline_rows(cfg, parts, 2)
+    for q in (1, 2):
+        for p in range(K):
+            new = history[q][p][len(history[q - 1][p]):]
+            assert parts[p].ids[new].tolist() == results["cycles"][q - 1]["selected-ids"][str(p)]
+    torch.set_num_threads(1)
+    model = bench.fedavg_linear(cfg, [(parts[p].x[history[2][p]], parts[p].y[history[2][p]]) for p in range(K)],
+                                cycle=2, input_dim=parts[0].x.shape[1])
+    assert results["cycles"][2]["evaluation"]["mse"] == pytest.approx(bench.model_mse(model, test, cfg), rel=1e-6)
+
+
+def test_baseline_selections_do_not_depend_on_the_linear_models_weights():
+    """What lets the library path skip FedAvg between queries: BMDAL's ll/grad features of a linear model are [x, 1]."""
+    from query import PoolContext, get_selector, run_selection
+    from query.models import ModelBank
+    from fal_shared.models import build_model
+    from fal_shared.training import predict
+
+    cfg = RunConfig.model_validate(settings(Path("/tmp")))
+    part = data(cfg)[0][0]
+    labelled, pool = np.arange(0, 40, 4), np.setdiff1d(np.arange(len(part.ids)), np.arange(0, 40, 4))
+
+    def picks(name, params, weight_seed):
+        model = build_model("linear", input_shape=(part.x.shape[1],), num_outputs=1, seed=weight_seed)
+        with torch.no_grad():
+            model.head.weight.mul_(50.0 * weight_seed)
+        bank = ModelBank({k: (lambda: model) for k in ("global", "local-only")},
+                         lambda m, x: predict(m, x, batch_size=64, device=torch.device("cpu"), task="regression"),
+                         part.x[pool], part.x[labelled])
+        ctx = PoolContext(pool_ids=part.ids[pool], labeled_ids=part.ids[labelled], labeled_y=part.y[labelled], budget=7,
+                          num_classes=1, rng=np.random.default_rng(3), models=bank,
+                          params={**cfg.to_flower(), **params}, task="regression")
+        return run_selection(get_selector(name), ctx).ids.tolist()
+
+    for strategy in BASELINES:
+        name, params = bench_baselines.selection_round(RunConfig.model_validate({**settings(Path("/tmp")), "strategy": strategy}))
+        assert picks(name, params, 1) == picks(name, params, 2), strategy

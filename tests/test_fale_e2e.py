@@ -136,3 +136,45 @@ def test_lost_label_reply_is_retried_without_buying_twice(tmp_path):
     results = run_experiment(grid, run_config)
     assert grid.dropped and results["status"] == "completed"
     assert results["cycles"][1]["labeled"] == 40
+
+
+def test_lost_label_reply_in_a_later_cycle_is_retried_without_buying_twice(tmp_path):
+    # cycle 1 extends cycle 0's selection: the client buys only its new rows, and a retry replays that purchase
+    run_config = {**RunConfig().to_flower(), **overrides(tmp_path, **{"num-cycles": 2}), "num-clients": N_CLIENTS}
+    grid = InProcessGrid(client_app, run_config, [{"partition-id": i, "num-partitions": N_CLIENTS} for i in range(N_CLIENTS)])
+    original = grid.send_and_receive
+    seen = []
+
+    def drop_second_label_reply(messages, *, timeout=None):
+        messages = list(messages)
+        if messages and messages[0].metadata.message_type == "query.fale_label":
+            seen.append(len(messages))
+            if len(seen) == 2:  # cycle 1's label round, first attempt
+                grid.drop_reply_next.add(messages[0].metadata.dst_node_id)
+        return original(messages, timeout=timeout)
+
+    grid.send_and_receive = drop_second_label_reply
+    results = run_experiment(grid, run_config)
+    assert results["status"] == "completed" and seen == [N_CLIENTS, N_CLIENTS, 1]  # one client re-asked
+    c0, c1, c2 = results["cycles"]
+    assert c1["labeled"] == 20 and c2["labeled"] == 40  # ceil(40 x 1/2), then 40
+    for pid in range(N_CLIENTS):
+        ledger = LabelLedger(tmp_path / "state" / "t" / f"partition-{pid}.json", task="regression")
+        assert sorted(ledger.labeled_ids().tolist()) == sorted(c0["selected-ids"][str(pid)] + c1["selected-ids"][str(pid)])
+
+
+def test_a_run_stopped_in_a_later_label_round_resumes_with_the_same_curve(tmp_path):
+    # the checkpoint holds FedSVD's leverage scores (strategy state, as JSON): the resumed run goes on with
+    # the same sampling stream, the clients replay the purchases they made, and nothing runs FedSVD again
+    reference, _, _ = run(tmp_path / "ref", **{"num-cycles": 2})
+    run_config = {**RunConfig().to_flower(), **overrides(tmp_path, **{"num-cycles": 2, "query-retries": 0}),
+                  "num-clients": N_CLIENTS}
+    grid = InProcessGrid(client_app, run_config, [{"partition-id": i, "num-partitions": N_CLIENTS} for i in range(N_CLIENTS)])
+    grid.fail_at[("query.fale_label", N_CLIENTS + 1)] = "RuntimeError: power cut"  # cycle 1, its first client
+    with pytest.raises(Exception, match="power cut"):
+        run_experiment(grid, run_config)
+    results = run_experiment(grid, run_config)
+    assert results["status"] == "completed" and len(results["resumed"]) == 1
+    assert [c["evaluation"]["mse"] for c in results["cycles"]] == [c["evaluation"]["mse"] for c in reference["cycles"]]
+    assert [c.get("selected-ids") for c in results["cycles"]] == [c.get("selected-ids") for c in reference["cycles"]]
+    assert sum(1 for kind, _ in grid.log if kind == "query.fale_mask") == N_CLIENTS  # FedSVD once

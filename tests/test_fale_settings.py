@@ -45,10 +45,8 @@ def test_bad_values_name_the_key(key, value):
     ("overrides", "key"),
     [
         ({"evaluation": "central"}, "evaluation"),
-        ({"num-cycles": 2}, "num-cycles"),
         ({"dataset": "digits"}, "regression"),
         ({"model": "mlp"}, "model"),
-        ({"strategy": "fale-local", "num-cycles": 3}, "num-cycles"),
     ],
 )
 def test_configs_fale_cannot_run_fail_before_anything_runs(overrides, key):

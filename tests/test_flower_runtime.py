@@ -180,3 +180,21 @@ def test_deployment_survives_a_supernode_killed_mid_round(tmp_path):
     assert after[: len(before)] == before, "every label bought before the kill is still in the ledger"
     assert len(after) == len(set(after)) == data["cycles"][-1]["labeled-per-client"]["1"], "none bought twice"
     assert supervisor.starts >= 1
+
+
+def test_flwr_run_tells_the_serverapp_which_keys_the_user_set(tmp_path):
+    # num-cycles=3 equals the generic default: only flwr run's override config shows it was set, so FALE
+    # keeps it (its own default is 10) and supplies only evaluation="federated", which the clients apply too
+    out = tmp_path / "results"
+    run_config = {
+        "strategy": "fale", "dataset": "diabetes", "num-clients": 2, "num-cycles": 3, "fale-budget-count": 30,
+        "output-dir": str(out), "state-dir": str(tmp_path / "state"), "run-name": "fale",
+    }
+    with FlowerEnvironment(ROOT, simulation=True) as env:
+        env.start_superlink()
+        env.run(run_config, federation_config="num-supernodes=2 client-resources-num-cpus=1", verbose=False)
+    data = json.loads((out / "fale" / "results.json").read_text())
+    assert data["status"] == "completed" and data["strategy-defaults"] == {"evaluation": "federated"}
+    assert data["config"]["num-cycles"] == 3 and len(data["cycles"]) == 4
+    assert [c["labeled"] for c in data["cycles"]] == [0, 10, 20, 30]
+    assert all(c["evaluation"]["where"] == "federated" for c in data["cycles"])

@@ -169,6 +169,7 @@ SELECTOR_NAMES = sorted(SELECTORS)
 def test_every_selector_is_covered():
     # guards against a collection-time import problem hiding selectors
     assert {"random", "entropy", "badge", "coreset", "noise-stability", "logo", "kafal", "feal"} <= set(SELECTOR_NAMES)
+    assert {"bait", "lcmd", "acs-fw", "maxdist", "kmeanspp", "logo-bait"} <= set(SELECTOR_NAMES)  # regression
 
 
 @pytest.mark.parametrize("name", SELECTOR_NAMES)

@@ -77,6 +77,19 @@ ahfal-dp5 = {{ strategy = "ahfal", ahfal-dp-epsilon = 5.0, record-label-histogra
     assert {r.config["num-cycles"] for r in overridden.runs} == {2}
 
 
+def test_a_strategy_supplies_its_defaults_to_the_runs_and_a_contradicting_set_value_is_refused(tmp_path):
+    # fale needs evaluation="federated" and defaults to 10 cycles: a sweep file that does not set them gets
+    # them in every run's config (so in-process and simulation runs agree); a value the file sets is kept
+    path = _write(tmp_path, '[sweep]\nreference = "fale"\n[base]\ndataset = "diabetes"\n[grid]\nstrategy = ["fale", "fale-3"]\n'
+                            '[variants]\nfale-3 = { strategy = "fale", num-cycles = 3 }\n')
+    runs = {r.name: r.config for r in load_sweep(path, tmp_path / "out").runs}
+    assert (runs["fale"]["evaluation"], runs["fale"]["num-cycles"]) == ("federated", 10)
+    assert (runs["fale-3"]["evaluation"], runs["fale-3"]["num-cycles"]) == ("federated", 3)
+    bad = _write(tmp_path, '[sweep]\nreference = "fale"\n[base]\ndataset = "diabetes"\nevaluation = "central"\n[grid]\nstrategy = ["fale"]\n', "bad.toml")
+    with pytest.raises(ConfigError, match='run \'fale\': .*evaluation="federated"'):
+        load_sweep(bad, tmp_path / "out")
+
+
 @pytest.mark.parametrize("text, message", [
     ('[grid]\nstrategy = ["random", "nope"]\nseed = [0]\n', "run 'nope-seed0': .*unknown strategy 'nope'"),
     ('[grid]\nstrategy = ["random"]\nalpha = []\n', r"\[grid\] alpha: an empty list"),

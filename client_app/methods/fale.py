@@ -15,9 +15,10 @@ Query actions, in protocol order (the server side is ``strategies/fale.py``):
    own ``P_i`` and ``P~_i`` seeds derive, reply ``X'_i = P_i X_i Q``.
 4. ``fale_scores``: recover ``U_i = P_i^T U'_i`` from the server's ``U'_i``, reply the leverage
    scores ``||row of U_i||^2``.
-5. ``fale_label``: buy the labels of the selected rows from the oracle through the ledger
-   (idempotent per query token) and, for FALE (not FALE-local), reply the masked weighted labelled
-   data ``P~_i S_i [X^L_i Q, y^L_i]``.
+5. ``fale_label``: buy the labels of the selected rows the client does not hold yet from the oracle
+   through the ledger (idempotent per query token; over several cycles the selection grows and
+   earlier rows are already labelled) and, for FALE (not FALE-local), reply the masked weighted
+   labelled data ``P~_i S_i [X^L_i Q, y^L_i]`` of every selected row (a fresh ``P~_i`` per cycle).
 6. ``fale_model``: unmask ``theta = Q theta_hat`` and keep it in ``context.state`` (the linear
    model under :data:`MODEL_KEY`, which the loop's federated evaluation uses, and the float64
    ``theta`` under :data:`THETA_KEY`).
@@ -269,11 +270,13 @@ def fale_label(session: ClientSession, content: RecordDict) -> RecordDict:
     """Buy the labels of the selected rows; for FALE reply ``P~_i S_i [X^L_i Q, y^L_i]``.
 
     Content: ArrayRecord ``selection`` = [local row indices, multiplicities, row scales
-    ``sqrt(c_j / (n_s p_j))``]; config ``cycle``, ``token``, ``strategy``, ``mask-labelled``.
+    ``sqrt(c_j / (n_s p_j))``]; config ``cycle``, ``token``, ``strategy``, ``mask-labelled`` and
+    ``fedsvd-cycle`` (the cycle whose FedSVD secrets mask the data; default ``cycle``).
     """
     start = time.perf_counter()
     conf = config_of(content)
     cycle, token = int(conf["cycle"]), str(conf["token"])
+    fedsvd_cycle = int(conf.get("fedsvd-cycle", cycle))
     local, counts, scales = _arrays(content, "selection")
     local = np.asarray(local, dtype=np.int64)
     n, d = _dims(session)
@@ -282,8 +285,12 @@ def fale_label(session: ClientSession, content: RecordDict) -> RecordDict:
     if counts.shape != local.shape or scales.shape != local.shape or (counts.size and counts.min() < 1):
         raise ValueError("FALE: one multiplicity >= 1 and one row scale per selected row expected")
     ids = session.data.ids[local]
-    bought = session.buy(ids, cycle=cycle, strategy=str(conf["strategy"]), token=token)
-    if set(int(i) for i in bought) != set(int(i) for i in ids):
+    bought = session.ledger.purchase(token)  # a retried query: the recorded purchase
+    if bought is None:
+        held = set(session.ledger.labeled_ids().tolist())
+        new = np.array([i for i in ids.tolist() if i not in held], dtype=np.int64)
+        bought = session.buy(new, cycle=cycle, strategy=str(conf["strategy"]), token=token)
+    if not set(ids.tolist()) <= set(session.ledger.labeled_ids().tolist()):
         raise RuntimeError(f"FALE: query {token!r} was answered before with other samples (ledger mismatch)")
     config = {
         "selected-ids": int_list(bought),
@@ -292,7 +299,7 @@ def fale_label(session: ClientSession, content: RecordDict) -> RecordDict:
     }
     records = {}
     if bool(conf["mask-labelled"]):
-        state = _state(session, cycle)
+        state = _state(session, fedsvd_cycle)
         if local.size:
             by_id = dict(zip(session.ledger.labeled_ids().tolist(), session.ledger.labels().tolist()))
             y = np.array([by_id[int(i)] for i in ids], dtype=np.float64)
@@ -310,8 +317,8 @@ def fale_model(session: ClientSession, content: RecordDict) -> RecordDict:
     from fedsvd import BlockOrthogonalMask
 
     start = time.perf_counter()
-    cycle = int(config_of(content)["cycle"])
-    state = _state(session, cycle)
+    conf = config_of(content)
+    state = _state(session, int(conf.get("fedsvd-cycle", conf["cycle"])))
     (theta_hat,) = _arrays(content, "theta-hat")
     n, d = _dims(session)
     if n:
