@@ -13,9 +13,9 @@ baseline with it.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from strategies.base import QueryPhase, SelectRoundStrategy, register_strategy
+from strategies.base import SelectRoundStrategy, register_strategy
 from strategies.baselines import LoGoStrategy
 
 __all__ = ["AcsFwStrategy", "BaitStrategy", "BmdalStrategy", "LcmdStrategy", "LoGoBaitStrategy"]
@@ -26,17 +26,12 @@ _BMDAL_SOURCE = "bmdal_reg (Holzmueller et al. JMLR 2023) bmdal/selection.py"
 class BmdalStrategy(SelectRoundStrategy):
     """One selection round of a BMDAL selector, scored with ``query-model`` (default the global model).
 
-    ``settings`` names the run-config keys the selector reads (sent with the round, so the
+    ``selector_settings`` names the run-config keys the selector reads (sent with the round, so the
     server's values are the ones used).
     """
 
     tasks = ("regression",)
-    settings: ClassVar[tuple[str, ...]] = ()
-
-    def params(self, phase: QueryPhase) -> dict[str, Any]:
-        values = self.cfg.to_flower()
-        return {"query-model": self.cfg.query_model, "bmdal-sigma": self.cfg.bmdal_sigma,
-                **{key: values[key] for key in self.settings}}
+    selector_settings: ClassVar[tuple[str, ...]] = ("query-model", "bmdal-sigma")
 
     def uses_model(self) -> bool:
         return self.cfg.query_model == "global"
@@ -45,7 +40,7 @@ class BmdalStrategy(SelectRoundStrategy):
 @register_strategy("bait")
 class BaitStrategy(BmdalStrategy):
     selector = "bait"
-    settings = ("bait-bmdal", "bait-overselection")
+    selector_settings = BmdalStrategy.selector_settings + ("bait-bmdal", "bait-overselection")
     description = "BAIT: greedy Fisher-information (posterior-variance) batch selection in the BMDAL kernel, forward-backward"
     source = f"Ash et al. NeurIPS 2021; {_BMDAL_SOURCE} BaitFeatureSpaceSelectionMethod; FALE Sec. 5.1"
 
@@ -53,7 +48,7 @@ class BaitStrategy(BmdalStrategy):
 @register_strategy("lcmd")
 class LcmdStrategy(BmdalStrategy):
     selector = "lcmd"
-    settings = ("lcmd-bmdal",)
+    selector_settings = BmdalStrategy.selector_settings + ("lcmd-bmdal",)
     description = "LCMD: largest-cluster max-distance selection in the BMDAL kernel, labeled set as centers"
     source = f"Holzmueller et al. JMLR 2023; {_BMDAL_SOURCE} LargestClusterMaxDistSelectionMethod; FALE Sec. 5.1"
 
@@ -61,7 +56,7 @@ class LcmdStrategy(BmdalStrategy):
 @register_strategy("acs-fw")
 class AcsFwStrategy(BmdalStrategy):
     selector = "acs-fw"
-    settings = ("acs-fw-bmdal",)
+    selector_settings = BmdalStrategy.selector_settings + ("acs-fw-bmdal",)
     description = "ACS-FW: Frank-Wolfe sparse approximation of the pool's kernel embedding (BMDAL fw)"
     source = f"Pinsler et al. NeurIPS 2019; {_BMDAL_SOURCE} FrankWolfeSelectionMethod; FALE Sec. 5.1"
 
@@ -74,6 +69,5 @@ class LoGoBaitStrategy(LoGoStrategy):
     tasks = ("regression",)
     description = "LoGo with BAIT for the entropy: KMeans (budget clusters) on local-only features, max global BAIT score per cluster"
     source = "Kim et al. CVPR 2023 (raymin0223/LoGo logo.py); entropy replaced by BAIT as in FALE Sec. 5.1; spec 3"
+    selector_settings = LoGoStrategy.selector_settings + ("bait-bmdal", "bmdal-sigma")
 
-    def params(self, phase: QueryPhase) -> dict[str, Any]:
-        return {**super().params(phase), "bait-bmdal": self.cfg.bait_bmdal, "bmdal-sigma": self.cfg.bmdal_sigma}
