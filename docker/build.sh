@@ -7,7 +7,7 @@
 #   docker/build.sh --host-ca             trust this host's local CAs while building
 #                                         (a TLS-inspecting proxy re-signs outbound TLS)
 #   docker/build.sh --ca FILE.crt         ... or this CA certificate (repeatable)
-#   docker/build.sh --wheelhouse          offline build: `pip download` the wheels on the host
+#   docker/build.sh --wheelhouse          offline build: `pip wheel` the wheels on the host
 #                                         (its pip cache makes that fast) and serve them to the
 #                                         build over the docker0 bridge; the image build itself
 #                                         reaches no registry
@@ -78,7 +78,9 @@ pip_source=""
 if [ -n "$wheelhouse" ]; then
     if [ "$wheelhouse" = download ]; then
         wheelhouse=$workdir/wheels
-        "$py" -m pip download --quiet --only-binary=:all: --dest "$wheelhouse" \
+        # pip wheel: the registry's wheels as they are, and a wheel built here from any package the
+        # registry has only as a source archive (bmdal-reg), so the image installs wheels only
+        "$py" -m pip wheel --quiet --wheel-dir "$wheelhouse" \
             -r docker/.requirements.txt pip "setuptools>=77"
         echo "[build] wheels downloaded after $(( $(date +%s) - start )) s ($(du -sh "$wheelhouse" | cut -f1))" >&2
     fi
