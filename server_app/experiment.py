@@ -251,9 +251,10 @@ class Experiment:
         check_model_fits(self.model_name, input_shape=self.test.input_shape, num_outputs=self.test.num_classes,
                          dataset=self.cfg.dataset)
 
-    def min_train_replies(self) -> int:
-        """Training replies a FedAvg round needs (``train-min-fraction`` of the clients, at least one)."""
-        return max(1, math.ceil(self.cfg.train_min_fraction * len(self.clients) - 1e-9))
+    def min_train_replies(self, of: int | None = None) -> int:
+        """Replies a FedAvg round needs: ``train-min-fraction`` of ``of`` clients (default: the admitted ones), at least one."""
+        n = len(self.clients) if of is None else of
+        return max(1, math.ceil(self.cfg.train_min_fraction * n - 1e-9))
 
     # ---------------------------------------------------------------- setup
     def _wait_for_nodes(self) -> list[int]:
@@ -352,7 +353,7 @@ class Experiment:
                 self._setup(new, skip_lost=True, into=found)
         missing = sorted(set(range(self.num_partitions)) - set(found))
         if missing:
-            need = max(1, math.ceil(self.cfg.train_min_fraction * self.num_partitions - 1e-9))
+            need = self.min_train_replies(of=self.num_partitions)
             if len(found) < need:
                 raise ClientFailure(
                     f"num-clients=0: {len(found)} of num-partitions={self.num_partitions} partitions connected within "
