@@ -12,6 +12,9 @@
 #                                         build over the docker0 bridge; the image build itself
 #                                         reaches no registry
 #   docker/build.sh --wheelhouse-dir DIR  the same with wheels already in DIR
+#   --extras NAME[,NAME]                  also install these optional dependencies of pyproject.toml,
+#                                         e.g. label-studio (the SDK a site's ClientApp needs for
+#                                         oracle="label-studio")
 #   --tag NAME (default fal-flower:latest), --base IMAGE, --uid UID (default 1000)
 #
 # Prints how long it took. Needs docker (DOCKER_HOST as usual); --debian-base needs root
@@ -23,6 +26,7 @@ tag=fal-flower:latest
 base=python:3.11-slim
 debian_base=""
 uid=1000
+extras=""
 wheelhouse=""
 cas=()
 while [ $# -gt 0 ]; do
@@ -31,11 +35,12 @@ while [ $# -gt 0 ]; do
     --base) base=$2; shift ;;
     --debian-base) debian_base=fal-base:bookworm ;;
     --uid) uid=$2; shift ;;
+    --extras) extras=$2; shift ;;
     --host-ca) for f in /usr/local/share/ca-certificates/*.crt; do [ -e "$f" ] && cas+=("$f"); done ;;
     --ca) cas+=("$2"); shift ;;
     --wheelhouse) wheelhouse=download ;;
     --wheelhouse-dir) wheelhouse=$(realpath "$2"); shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -68,11 +73,21 @@ for f in "${cas[@]}"; do
     cp "$f" "docker/ca/$(basename "${f%.*}").crt"
 done
 
-# The dependency list alone, so the image's dependency layer is keyed on it, not on all of pyproject.toml.
+# The dependency list alone (plus the chosen extras'), so the image's dependency layer is keyed on
+# it, not on all of pyproject.toml.
 py=python3
 [ -x .venv/bin/python ] && py=.venv/bin/python
-"$py" -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-    > docker/.requirements.txt
+FAL_EXTRAS=$extras "$py" - > docker/.requirements.txt <<'PY'
+import os, sys, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+reqs = list(project["dependencies"])
+for name in filter(None, os.environ["FAL_EXTRAS"].split(",")):
+    if name not in project.get("optional-dependencies", {}):
+        sys.exit(f"--extras: pyproject.toml has no optional dependencies named {name!r} "
+                 f"(it has {', '.join(project.get('optional-dependencies', {}))})")
+    reqs += project["optional-dependencies"][name]
+print("\n".join(reqs))
+PY
 
 pip_source=""
 if [ -n "$wheelhouse" ]; then
