@@ -20,6 +20,10 @@ Everything crosses the network as Flower messages through a
 :class:`MeteredGrid`, so bytes per message kind are measured, in simulation
 and deployment alike.
 
+The rounds are in ``server_app/rounds.py`` (:class:`CycleFedAvg`,
+:class:`QueryPhase`), node discovery and re-admission in
+``server_app/membership.py``.
+
 Lost sites (the failure policy, ``fal_shared/settings/failures.py``): a client
 whose SuperNode cannot answer is left out of a FedAvg round as long as
 ``train-min-fraction`` of the clients replied, and out of a labeling round
@@ -32,27 +36,26 @@ lost, and when, is recorded per cycle under ``lost-clients``.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, MessageType, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
 
+from fal_shared.batchnorm import has_batchnorm, install_statistics, pooled_statistics
 from fal_shared.config import RunConfig
 from fal_shared.experiment_data import test_data
 from fal_shared.heads import set_head
-from fal_shared.batchnorm import has_batchnorm, install_statistics, pooled_statistics
 from fal_shared.models import build_model, check_model_fits
 from fal_shared.training import DEVICE_CACHE, evaluate, pick_device
-from fal_shared.wire import config_of
 from server_app.checkpoint import Checkpoint
 from server_app.labels import wait_for_labels
-from server_app.messaging import ClientFailure, MeteredGrid, Messenger, TrafficMeter, lost_reason
+from server_app.membership import NodeMembership
+from server_app.messaging import ClientFailure, MeteredGrid, Messenger, TrafficMeter
 from server_app.results import ResultsRecorder
+from server_app.rounds import CycleFedAvg, QueryPhase
 from strategies import ClientInfo, create_strategy
 
 __all__ = ["Experiment", "ClientFailure"]
@@ -60,157 +63,7 @@ __all__ = ["Experiment", "ClientFailure"]
 log = logging.getLogger("fal")
 
 
-class CycleFedAvg(FedAvg):
-    """Flower's FedAvg for one cycle: all clients, in a fixed order, per-round lr.
-
-    Deviations from the stock strategy, and why: replies are aggregated in
-    partition order (float sums are order-dependent; this keeps runs with the
-    same seed identical), a client whose code failed aborts the cycle with its
-    error instead of being silently dropped, a *lost* client (its site could
-    not answer) is left out of the round only as the failure policy allows
-    (``train-min-fraction``), every round first re-admits restarted nodes, and
-    the lr follows LoGo's per-round schedule (:meth:`RunConfig.lr_for_round`).
-    """
-
-    def __init__(self, exp: "Experiment", cycle: int) -> None:
-        super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=1)
-        self.exp = exp
-        self.cfg = exp.cfg
-        self.messenger = exp.messenger
-        self.cycle = cycle
-        self.sent: dict[int, int] = {}  # node id -> partition id of this round's messages
-        self.client_seconds: list[float] = []
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
-        self.exp.refresh_nodes(wait=False)  # a node that came back trains from this round on
-        self.sent = {self.messenger.nodes[p]: p for p in sorted(self.messenger.nodes)}
-        conf = ConfigRecord({
-            **config,
-            "server-round": server_round,
-            "cycle": self.cycle,
-            "lr": self.cfg.lr_for_round(server_round),
-        })
-        return [
-            Message(
-                content=self.messenger.with_run_name(RecordDict({"arrays": arrays, "config": conf})),
-                dst_node_id=node,
-                message_type=MessageType.TRAIN,
-            )
-            for node in self.sent
-        ]
-
-    def aggregate_train(self, server_round: int, replies):
-        by_node = {r.metadata.src_node_id: r for r in replies}
-        problems, lost, ordered = [], {}, []
-        for node, pid in self.sent.items():  # partition order
-            reply = by_node.get(node)
-            reason = lost_reason(reply, self.cfg.reply_timeout_seconds)
-            if reason is not None:
-                lost[pid] = f"partition {pid} (node {node}): {reason}"
-            elif reply.has_error():
-                problems.append(f"partition {pid} (node {node}): {reply.error.reason}")
-            else:
-                ordered.append(reply)
-        if problems:
-            raise ClientFailure(f"train round {server_round} of cycle {self.cycle} failed: " + "; ".join(problems + list(lost.values())))
-        if lost:
-            need = self.exp.min_train_replies()
-            if len(ordered) < need:
-                raise ClientFailure(
-                    f"train round {server_round} of cycle {self.cycle}: {len(ordered)} of {len(self.exp.clients)} clients "
-                    f"replied, but train-min-fraction={self.cfg.train_min_fraction:g} needs {need}; lost: "
-                    + "; ".join(lost.values())
-                )
-            for pid, reason in lost.items():
-                log.warning("[FAL] cycle %d round %d: %s; the round goes on without it", self.cycle, server_round, reason)
-                self.messenger.lost.append({"message-type": "train", "round": server_round, "partition": pid, "reason": reason})
-        self.client_seconds += [float(r.content["metrics"]["compute-seconds"]) for r in ordered]
-        return super().aggregate_train(server_round, ordered)
-
-
-class _Phase:
-    """The :class:`strategies.QueryPhase` the loop hands to a strategy."""
-
-    def __init__(self, exp: "Experiment", cycle: int, arrays: ArrayRecord, budgets: dict[int, int]) -> None:
-        self.exp = exp
-        self.cfg = exp.cfg
-        self.cycle = cycle
-        self.clients = exp.clients
-        self.budgets = budgets
-        self.global_arrays = arrays
-        self.state = exp.strategy_state
-        self.recorded: dict[str, Any] = {}
-        self.selected: dict[int, np.ndarray] = {}
-        self.selection_seconds: list[float] = []
-        self.new_arrays: ArrayRecord | None = None
-        self.select_rounds = 0
-        self.pending: dict[int, int] = {}  # labels a person has yet to give, by partition id
-
-    def _content(self, config: Mapping[str, Any] | None, include_model: bool, records: Mapping[str, Any] | None) -> RecordDict:
-        items: dict[str, Any] = {"config": ConfigRecord({"cycle": self.cycle, **(config or {})})}
-        if include_model:
-            items["global-model"] = self.global_arrays
-        items.update(records or {})
-        return RecordDict(items)
-
-    def broadcast(self, action, config=None, *, include_model=False, records=None):
-        content = self._content(config, include_model, records)
-        return self.exp.messenger.send(f"query.{action}", {p: content for p in self.clients})
-
-    def send(self, action, contents):
-        return self.exp.messenger.send(f"query.{action}", contents)
-
-    def select(self, selector, params=None, *, per_client=None, include_model=True, budgets=None):
-        budgets = dict(budgets if budgets is not None else self.budgets)
-        self.select_rounds += 1  # a second select round in one cycle must not replay the first purchase
-        token = f"cycle-{self.cycle}-select" + (f"-{self.select_rounds}" if self.select_rounds > 1 else "")
-        contents = {}
-        for pid in self.clients:
-            config = {
-                "selector": selector,
-                "strategy": self.cfg.strategy,
-                "budget": int(budgets.get(pid, 0)),
-                "token": token,
-                **(params or {}),
-                **((per_client or {}).get(pid, {})),
-            }
-            contents[pid] = self._content(config, include_model, None)
-        replies = self.exp.messenger.send(
-            "query.select", contents, skip_lost=self.cfg.query_missing_client == "skip",
-        )
-        this_round: dict[int, np.ndarray] = {}
-        for pid, reply in replies.items():
-            result = config_of(reply, "result")
-            ids = np.asarray(result.get("selected-ids", []), dtype=np.int64)
-            this_round[pid] = ids
-            self.selected[pid] = np.concatenate([self.selected.get(pid, np.zeros(0, dtype=np.int64)), ids])
-            info = self.clients[pid]
-            info.labeled = int(result["labeled"])
-            info.pool_size = int(result["pool-size"])
-            self.pending[pid] = int(result.get("pending", 0))
-            for note in result.get("notes", []):  # e.g. the labeling tool was unreachable: asked again later
-                log.warning("partition %d: %s", pid, note)
-            if "label-histogram" in result:
-                info.label_histogram = [int(v) for v in result["label-histogram"]]
-            metrics = reply.metric_records.get("metrics")
-            if metrics is not None:
-                self.selection_seconds.append(float(metrics.get("selection-seconds", 0.0)))
-                phases = {k[len("selection-seconds-"):]: float(v) for k, v in metrics.items() if k.startswith("selection-seconds-")}
-                if phases:
-                    self.recorded.setdefault("client-selection-seconds", {})[str(pid)] = phases
-            diag = {k[5:]: v for k, v in result.items() if k.startswith("diag-")}
-            if diag:
-                self.recorded.setdefault("client-diagnostics", {})[str(pid)] = diag
-        return this_round
-
-    def record(self, key, value):
-        self.recorded[key] = value
-
-    def replace_model(self, arrays):
-        self.new_arrays = arrays
-
-
-class Experiment:
+class Experiment(NodeMembership):
     """One FAL experiment on a Grid (real, simulated, or in-process for tests)."""
 
     def __init__(
@@ -250,162 +103,6 @@ class Experiment:
         # a model that cannot take the data fails here, before any message is sent
         check_model_fits(self.model_name, input_shape=self.test.input_shape, num_outputs=self.test.num_classes,
                          dataset=self.cfg.dataset)
-
-    def min_train_replies(self, of: int | None = None) -> int:
-        """Replies a FedAvg round needs: ``train-min-fraction`` of ``of`` clients (default: the admitted ones), at least one."""
-        n = len(self.clients) if of is None else of
-        return max(1, math.ceil(self.cfg.train_min_fraction * n - 1e-9))
-
-    # ---------------------------------------------------------------- setup
-    def _wait_for_nodes(self) -> list[int]:
-        """num-clients=N: exactly N connected nodes; num-clients=0: at least one."""
-        wanted = max(self.cfg.num_clients, 1)
-        deadline = time.monotonic() + self.cfg.node_wait_seconds
-        while True:
-            nodes = sorted(self.grid.get_node_ids())
-            if len(nodes) >= wanted:
-                break
-            if time.monotonic() > deadline:
-                what = f"num-clients={self.cfg.num_clients} but only" if self.cfg.num_clients else "num-clients=0 (use the connected nodes) but"
-                raise ClientFailure(
-                    f"{what} {len(nodes)} node(s) connected within node-wait-seconds={self.cfg.node_wait_seconds:g}"
-                )
-            time.sleep(1.0)
-        if self.cfg.num_clients and len(nodes) > self.cfg.num_clients:
-            raise ValueError(
-                f"num-clients={self.cfg.num_clients} but {len(nodes)} nodes are connected; "
-                "set num-clients to the number of SuperNodes (or 0 to use the connected nodes)"
-            )
-        return nodes
-
-    def _setup(
-        self, nodes: list[int], *, skip_lost: bool = False, into: dict[int, tuple[ClientInfo, int]] | None = None,
-    ) -> dict[int, tuple[ClientInfo, int]]:
-        """Send ``query.setup`` to ``nodes``; (info, num-partitions) by partition id, added to ``into``.
-
-        With ``skip_lost`` a node that could not answer is left out (it is asked
-        again when it shows up next); an error its code raised fails.
-        """
-        setup = RecordDict({"config": ConfigRecord({"initial-labels": self.strategy.initial_labels})})
-        replies = self.messenger.send_to_nodes("query.setup", {n: setup for n in nodes})
-        problems = []
-        for n in nodes:
-            reason = lost_reason(replies.get(n), self.cfg.reply_timeout_seconds)
-            if reason is not None:
-                if not skip_lost:
-                    problems.append(f"node {n}: {reason}")
-            elif replies[n].has_error():
-                problems.append(f"node {n}: {replies[n].error.reason}")
-        if problems:
-            raise ClientFailure("setup failed: " + "; ".join(problems))
-        found = {} if into is None else into
-        for node, reply in sorted(replies.items()):
-            if node not in nodes or reply.has_error():
-                continue
-            r = config_of(reply.content, "result")
-            pid = int(r["partition-id"])
-            if pid in found:
-                raise ValueError(
-                    f"partition-id {pid} is served by two nodes ({found[pid][0].node_id} and {node}); "
-                    "give every SuperNode its own partition-id"
-                )
-            info = ClientInfo(
-                partition_id=pid, node_id=node, data_size=int(r["data-size"]), pool_size=int(r["pool-size"]),
-                labeled=int(r["labeled"]), num_classes=int(r["num-classes"]),
-                label_histogram=[int(v) for v in r["label-histogram"]] if "label-histogram" in r else None,
-                input_shape=tuple(int(v) for v in r["input-shape"]),
-            )
-            if into is not None and int(r["num-partitions"]) != self.num_partitions:
-                raise ValueError(f"nodes disagree on num-partitions: {sorted({self.num_partitions, int(r['num-partitions'])})}")
-            found[pid] = (info, int(r["num-partitions"]))
-            self.pending_at_setup[pid] = int(r.get("pending", 0))
-        return found
-
-    def discover(self) -> None:
-        """Setup round: map partitions to nodes, check them, learn pool sizes."""
-        nodes = self._wait_for_nodes()
-        declared = self.cfg.num_clients == 0
-        found = self._setup(nodes, skip_lost=declared)
-        if not found:
-            raise ClientFailure(f"setup: none of the {len(nodes)} connected node(s) answered")
-        partitions_seen = {nparts for _, nparts in found.values()}
-        if len(partitions_seen) != 1:
-            raise ValueError(f"nodes disagree on num-partitions: {sorted(partitions_seen)}")
-        nparts = partitions_seen.pop()
-        if nparts < len(nodes):
-            raise ValueError(
-                f"num-partitions={nparts} is fewer than the {len(nodes)} connected nodes; every node needs its own partition"
-            )
-        self.num_partitions = nparts
-        if declared:
-            found = self._await_partitions(found, set(nodes))
-        self.clients = {pid: info for pid, (info, _) in sorted(found.items())}
-        self.messenger.nodes = {p: c.node_id for p, c in self.clients.items()}
-
-    def _await_partitions(self, found: dict[int, tuple[ClientInfo, int]], asked: set[int]) -> dict[int, tuple[ClientInfo, int]]:
-        """num-clients=0: wait for a node of every declared partition; start without late ones if the policy allows."""
-        deadline = time.monotonic() + self.cfg.node_wait_seconds
-        while len(found) < self.num_partitions and time.monotonic() < deadline:
-            time.sleep(1.0)
-            new = sorted(set(self.grid.get_node_ids()) - asked)
-            asked.update(new)
-            if new:
-                self._setup(new, skip_lost=True, into=found)
-        missing = sorted(set(range(self.num_partitions)) - set(found))
-        if missing:
-            need = self.min_train_replies(of=self.num_partitions)
-            if len(found) < need:
-                raise ClientFailure(
-                    f"num-clients=0: {len(found)} of num-partitions={self.num_partitions} partitions connected within "
-                    f"node-wait-seconds={self.cfg.node_wait_seconds:g} (missing {missing}); train-min-fraction="
-                    f"{self.cfg.train_min_fraction:g} needs {need}"
-                )
-            log.warning("[FAL] starting without partition(s) %s: they join when their nodes connect", missing)
-        return found
-
-    def refresh_nodes(self, wait: bool = True) -> None:
-        """Re-admit SuperNodes that restarted, or that were late (num-clients=0).
-
-        A node restarted without SuperNode authentication has a new node id; it
-        answers ``query.setup`` from its ledger on disk (its labels are reloaded,
-        not bought again) and takes over its partition. With ``wait``, first
-        wait up to node-wait-seconds while some partition has no connected node
-        and no new node has appeared (a restarting node needs a moment).
-        """
-        known = set(self.messenger.nodes.values())
-
-        def look() -> tuple[set[int], list[int]]:
-            current = set(self.grid.get_node_ids())
-            return current, sorted(current - known - self._retired)
-
-        current, new = look()
-        if wait:
-            deadline = time.monotonic() + self.cfg.node_wait_seconds
-            while len(known - current) > len(new) and time.monotonic() < deadline:
-                time.sleep(1.0)
-                current, new = look()
-        if not new:
-            return
-        found = self._setup(new, skip_lost=True)
-        self._retired.update(set(new) - {info.node_id for info, _ in found.values()})  # not a client: do not ask again
-        admitted = False
-        for pid, (info, nparts) in sorted(found.items()):
-            if pid in self.clients:
-                log.info("[FAL] partition %d re-admitted: node %d -> node %d", pid, self.clients[pid].node_id, info.node_id)
-                self._retired.add(self.clients[pid].node_id)
-            elif self.cfg.num_clients == 0 and nparts == self.num_partitions:
-                log.info("[FAL] partition %d joined late on node %d", pid, info.node_id)
-                admitted = True
-            else:
-                log.warning("[FAL] node %d serves partition-id %d, which is not in this experiment; ignored", info.node_id, pid)
-                self._retired.add(info.node_id)
-                continue
-            self.clients[pid] = info
-            self.messenger.nodes[pid] = info.node_id
-        if admitted:
-            self.clients = dict(sorted(self.clients.items()))
-            self.messenger.nodes = dict(sorted(self.messenger.nodes.items()))
-            self.recorder.set_clients(self._client_records())
 
     def check_budgets(self) -> None:
         """Impossible budgets fail here, before any training."""
@@ -620,7 +317,7 @@ class Experiment:
     def _query(self, cycle: int, arrays: ArrayRecord, record: dict[str, Any], seconds: dict[str, float]) -> tuple[ArrayRecord, dict[int, int]]:
         """The strategy's query phase; the model to go on with, and the labels still pending per partition."""
         t0 = time.perf_counter()
-        phase = _Phase(self, cycle, arrays, self.budgets())
+        phase = QueryPhase(self, cycle, arrays, self.budgets())
         self.messenger.compute_seconds.clear()
         self.strategy.query(phase)
         seconds["query"] = time.perf_counter() - t0
