@@ -230,8 +230,12 @@ class SelectRoundStrategy(FALStrategy):
     selector_settings: ClassVar[tuple[str, ...]] = ()
 
     def params(self, phase: QueryPhase) -> dict[str, Any]:
+        return self.settings_of(self.selector_settings)
+
+    def settings_of(self, keys: tuple[str, ...]) -> dict[str, Any]:
+        """These run-config keys and their values, as a selector's parameters."""
         values = self.cfg.to_flower()
-        return {key: values[key] for key in self.selector_settings}
+        return {key: values[key] for key in keys}
 
     def uses_model(self) -> bool:
         return True

@@ -31,20 +31,19 @@ class _QueryModelStrategy(SelectRoundStrategy):
 class _RegressionToo(_QueryModelStrategy):
     """Core-Set and BADGE: on a regression dataset, BMDAL's version of the method (FALE Sec. 5.1).
 
-    ``regression_selector`` (``query/bmdal.py``) runs there with the configuration in the
-    ``bmdal_setting`` run-config key; classification is unchanged.
+    ``regression_selector`` (``query/bmdal.py``) runs there with the run-config keys in
+    ``regression_settings`` (the query model, the kernel's sigma and the BMDAL configuration);
+    classification is unchanged.
     """
 
     tasks = ("classification", "regression")
     regression_selector: ClassVar[str] = ""
-    bmdal_setting: ClassVar[str] = ""
+    regression_settings: ClassVar[tuple[str, ...]] = ()
 
     def query(self, phase: QueryPhase) -> None:
         if self.cfg.task != "regression":
             return super().query(phase)
-        params = {**self.params(phase), "bmdal-sigma": self.cfg.bmdal_sigma,
-                  self.bmdal_setting: self.cfg.to_flower()[self.bmdal_setting]}
-        phase.select(self.regression_selector, params, include_model=self.uses_model())
+        phase.select(self.regression_selector, self.settings_of(self.regression_settings), include_model=self.uses_model())
 
 
 @register_strategy("badge")
@@ -52,7 +51,8 @@ class BadgeStrategy(_RegressionToo):
     """k-means++ seeding on the query model's (factorised) gradient embeddings; BMDAL k-means++ on regression."""
 
     selector = "badge"
-    regression_selector, bmdal_setting = "kmeanspp", "badge-bmdal"
+    regression_selector = "kmeanspp"
+    regression_settings = ("query-model", "bmdal-sigma", "badge-bmdal")
     description = (
         "BADGE: k-means++ seeding on last-layer gradient embeddings of the query model; regression: "
         "k-means++ in the BMDAL kernel (badge-bmdal)"
@@ -65,7 +65,8 @@ class CoreSetStrategy(_RegressionToo):
     """k-center greedy on penultimate features, labelled set as initial centres; BMDAL MaxDist on regression."""
 
     selector = "coreset"
-    regression_selector, bmdal_setting = "maxdist", "coreset-bmdal"
+    regression_selector = "maxdist"
+    regression_settings = ("query-model", "bmdal-sigma", "coreset-bmdal")
     description = (
         "Core-Set: k-center greedy on penultimate features, labeled set as initial centers; regression: "
         "MaxDist in the BMDAL kernel (coreset-bmdal)"
