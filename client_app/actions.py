@@ -90,18 +90,16 @@ def handle_evaluate(session: ClientSession, content: RecordDict) -> RecordDict:
     """Evaluate the received model on the client's share of the test set.
 
     With ``model-state-key`` in the config, evaluate instead the model this node
-    keeps in its ``context.state`` under that key (a model the server never
-    holds in the clear, e.g. FALE's unmasked linear model).
+    keeps in its node state under that key (a model the server never holds in
+    the clear, e.g. FALE's unmasked linear model; :mod:`client_app.node_state`).
     """
     start = time.perf_counter()
     key = str(config_of(content).get("model-state-key", ""))
     if key:
-        if key not in session.context.state.array_records:
-            raise RuntimeError(
-                f"evaluation asks for the model kept in the node state under {key!r}, but this node holds "
-                "none (was the SuperNode restarted after the model was fitted?)"
-            )
-        model = session.model_from(session.context.state.array_records[key])
+        kept = session.node_state.get_arrays(key)
+        if kept is None:
+            raise RuntimeError(f"evaluation asks for the model kept in the node state under {key!r}, but this node holds none")
+        model = session.model_from(kept)
     else:
         model = session.model_from(content["arrays"])
     data = session.data

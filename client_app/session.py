@@ -19,6 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from torch import nn
 
 from client_app.ledger import LabelLedger
+from client_app.node_state import NodeState
 from client_app.oracle import LabelRequest, Oracle, OracleUnavailable, PersonOracle
 from client_app.oracles import make_oracle
 from fal_shared.batchnorm import recompute_statistics
@@ -65,6 +66,8 @@ class ClientSession:
         state_root = Path(node_state_dir).expanduser() if node_state_dir else self.cfg.state_root()
         self.ledger_path = state_root / _safe(run_name) / f"partition-{self.partition_id}.json"
         self.ledger = LabelLedger(self.ledger_path, task=self.data.task)
+        # records a restarted node needs to go on (protocol secrets, its local model): memory and disk
+        self.node_state = NodeState(context.state, self.ledger_path.with_suffix(".node"))
         self.oracle: Oracle | PersonOracle = make_oracle(dict(context.node_config), self.data, state_root)
         self.oracle_notes: list[str] = []  # problems with the labeling tool, for the server's log
         self.device = pick_device(self.cfg.device)
@@ -193,16 +196,18 @@ class ClientSession:
         return model
 
     def store_local_model(self, model: nn.Module) -> None:
-        self.context.state[LOCAL_MODEL_KEY] = ArrayRecord(model.state_dict())
+        """Keep the model after local training, also on disk (a restarted node queries with it)."""
+        self.node_state.put(LOCAL_MODEL_KEY, ArrayRecord(model.state_dict()))
 
     def local_model(self) -> nn.Module:
         """The client's model after its last local training (BN statistics of its own data, see bn-statistics)."""
-        if LOCAL_MODEL_KEY not in self.context.state:
+        arrays = self.node_state.get_arrays(LOCAL_MODEL_KEY)
+        if arrays is None:
             raise RuntimeError(
                 "query-model=local needs the client's model from this cycle's local training, "
-                "but this node has not trained in this run (was it restarted?)"
+                "but this node has not trained in this run"
             )
-        return self.with_own_statistics(self.model_from(self.context.state[LOCAL_MODEL_KEY]))
+        return self.with_own_statistics(self.model_from(arrays))
 
     def with_own_statistics(self, model: nn.Module) -> nn.Module:
         """With ``bn-statistics=recompute``: BatchNorm statistics of this client's whole partition."""

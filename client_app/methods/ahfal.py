@@ -5,7 +5,7 @@ Actions (``query.<name>``):
 * ``ahfal_histogram``: the client's labeled-class histogram (Laplace-noised when
   ``ahfal-dp-epsilon > 0``), in the clear.
 * ``ahfal_keys`` then ``ahfal_masked_stats`` (``ahfal-secure-sum=true``): a fresh
-  X25519 key pair per cycle (the private key stays in ``context.state``); the
+  X25519 key pair per cycle (the private key stays in the node state); the
   server relays every public key; the client answers with one pairwise-masked
   uint64 vector ``[n_i, fix(p_i), fix(p_i^2), 1[|n_i| > 0]]`` (``fedsvd.secure_sum``,
   integer mode modulo 2^64). Only the sum over all clients is meaningful.
@@ -15,8 +15,9 @@ client's privacy ledger (a JSON file next to its label ledger), so a retried
 message or a restarted node returns the same answer and spends no further
 epsilon; everything sent (counts, proportions, squares) is post-processing of
 that noisy histogram. Each client keeps its own epsilon account and refuses to
-exceed ``ahfal-dp-epsilon``. The private keys of secure summation live only in
-the node's memory (``context.state``).
+exceed ``ahfal-dp-epsilon``. The private keys of secure summation are kept in
+the node state (memory, and a 0600 file beside the ledger: :mod:`client_app.node_state`),
+so a restarted node answers a retried round with the same key.
 """
 
 from __future__ import annotations
@@ -66,12 +67,12 @@ def noisy_histogram(counts: np.ndarray, epsilon: float, sensitivity: float, rng:
 
 
 def _state(session: ClientSession) -> dict:
-    record = session.context.state.config_records.get(STATE_KEY)
+    record = session.node_state.get_config(STATE_KEY)
     return dict(record) if record is not None else {}
 
 
 def _save_state(session: ClientSession, state: dict) -> None:
-    session.context.state[STATE_KEY] = ConfigRecord(state)
+    session.node_state.put(STATE_KEY, ConfigRecord(state))
 
 
 class PrivacyLedger:

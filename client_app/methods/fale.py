@@ -4,7 +4,7 @@ FALE (Tang et al., ICML 2025, Algorithm 1 and Sec. 4.2) on top of :mod:`fedsvd` 
 linear algebra; this module only moves its inputs and outputs through Flower messages).
 Query actions, in protocol order (the server side is ``strategies/fale.py``):
 
-1. ``fale_keys``: a fresh X25519 key pair (private key in ``context.state``); reply the public key
+1. ``fale_keys``: a fresh X25519 key pair (private key in the node state); reply the public key
    and ``n_i``.
 2. ``fale_authority`` (the *authority client* only, the lowest partition id): draw the seed of the
    shared column mask ``Q`` (:class:`fedsvd.TrustedAuthority`, OS entropy) and seal it for every
@@ -19,7 +19,7 @@ Query actions, in protocol order (the server side is ``strategies/fale.py``):
    through the ledger (idempotent per query token; over several cycles the selection grows and
    earlier rows are already labelled) and, for FALE (not FALE-local), reply the masked weighted
    labelled data ``P~_i S_i [X^L_i Q, y^L_i]`` of every selected row (a fresh ``P~_i`` per cycle).
-6. ``fale_model``: unmask ``theta = Q theta_hat`` and keep it in ``context.state`` (the linear
+6. ``fale_model``: unmask ``theta = Q theta_hat`` and keep it in the node state (the linear
    model under :data:`MODEL_KEY`, which the loop's federated evaluation uses, and the float64
    ``theta`` under :data:`THETA_KEY`).
 
@@ -33,9 +33,10 @@ Who holds what
 * The server: the sealed ``Q`` seeds (undecryptable), every ``X'_i``, the singular values, every
   ``U'_i``, the leverage scores, the selection, the masked labelled blocks and ``theta_hat``.
 
-Secrets (the X25519 private key, the ``Q`` seed, the client secret) live only in the node's
-memory (``context.state``, a ConfigRecord under :data:`STATE_KEY`); a SuperNode restarted in the
-middle of the protocol cannot finish it (clear error). The secret and the ``Q`` seed come from
+Secrets (the X25519 private key, the ``Q`` seed, the client secret) are kept in the node state
+(a ConfigRecord under :data:`STATE_KEY`): in memory and in a file of mode 0600 beside the site's
+ledger (:mod:`client_app.node_state`), never sent; so a SuperNode restarted in the middle of the
+protocol is re-admitted and finishes it with the same seeds. The secret and the ``Q`` seed come from
 OS entropy, never from the run seed: the server knows the run config and could otherwise
 regenerate every mask. A retried message gets the same answer (same seeds), so a resent round
 reveals nothing new. See ``strategies/fale.py`` for what the server can and cannot learn.
@@ -78,20 +79,20 @@ def _reply(config: dict, start: float, **records) -> RecordDict:
 
 
 def _state(session: ClientSession, cycle: int, *, fresh: bool = False) -> dict:
-    record = session.context.state.config_records.get(STATE_KEY)
+    record = session.node_state.get_config(STATE_KEY)
     state = dict(record) if record is not None else {}
     if fresh and int(state.get("cycle", -1)) != cycle:
         state = {"cycle": cycle}
     elif not fresh and int(state.get("cycle", -1)) != cycle:
         raise RuntimeError(
-            f"FALE: this node holds no FALE state of cycle {cycle} (was the SuperNode restarted during the "
-            "protocol? The masks' secrets live only in the node's memory; rerun the experiment)"
+            f"FALE: this node holds no FALE state of cycle {cycle} (fale_keys of this cycle did not run on this "
+            f"site's state folder {session.node_state.folder})"
         )
     return state
 
 
 def _save(session: ClientSession, state: dict) -> None:
-    session.context.state[STATE_KEY] = ConfigRecord(state)
+    session.node_state.put(STATE_KEY, ConfigRecord(state))
 
 
 def _arrays(content: RecordDict, key: str) -> list[np.ndarray]:
@@ -327,7 +328,7 @@ def fale_model(session: ClientSession, content: RecordDict) -> RecordDict:
         theta = BlockOrthogonalMask(d, session.cfg.fale_block_size, bytes(state["q-seed"])).apply(
             np.asarray(theta_hat, dtype=np.float64)
         )
-    session.context.state[THETA_KEY] = ArrayRecord(numpy_ndarrays=[np.asarray(theta, dtype=np.float64)])
+    session.node_state.put(THETA_KEY, ArrayRecord(numpy_ndarrays=[np.asarray(theta, dtype=np.float64)]))
     model = load_theta(session.new_model(), theta, session.cfg.fale_fit_intercept)
-    session.context.state[MODEL_KEY] = ArrayRecord(model.state_dict())
+    session.node_state.put(MODEL_KEY, ArrayRecord(model.state_dict()))
     return _reply({"stored": MODEL_KEY}, start)
