@@ -144,6 +144,14 @@ def setup(session: ClientSession, content: RecordDict) -> RecordDict:
     return _reply(config, {"compute-seconds": time.perf_counter() - start})
 
 
+@query_action("finish")
+def finish(session: ClientSession, content: RecordDict) -> RecordDict:
+    """The run completed: delete this node's node-state files (its ledger stays)."""
+    start = time.perf_counter()
+    removed = session.node_state.clear()
+    return _reply({"node-state-files-removed": removed}, {"compute-seconds": time.perf_counter() - start})
+
+
 @query_action("bn_stats")
 def bn_stats(session: ClientSession, content: RecordDict) -> RecordDict:
     """Moment sums of the BatchNorm inputs of the received model over this client's whole partition.

@@ -13,7 +13,9 @@ serialisation of a one-record RecordDict, file mode 0600, folder 0700: some
 records are secrets of the site, e.g. FALE's mask seeds). Reading takes the
 memory copy, else the file (then cached in memory).
 
-Records only this node reads and that change every round (the optimiser state
+The files are the run's: when the run completes, the server's ``query.finish``
+round has every node delete its folder (:meth:`NodeState.clear`); a stopped run
+keeps them for its resumption. Records only this node reads and that change every round (the optimiser state
 of ``optimizer-state=keep``) stay in memory: a restarted node starts them
 afresh, as documented for that setting. The server never sees these files; they
 sit with the site's data and ledger, under the same protection.
@@ -48,13 +50,16 @@ class NodeState:
             raise ValueError(f"node state key {key!r}: letters, digits, '.', '_' and '-' only")
         return self.folder / f"{key}.rd"
 
-    def put(self, key: str, record: Record) -> None:
-        """Keep ``record`` under ``key`` in memory and on disk (atomically: the old record or the new one)."""
+    def put(self, key: str, record: Record, *, durable: bool = True) -> None:
+        """Keep ``record`` under ``key`` in memory and on disk (atomically: the old record or the new one).
+
+        ``durable=False`` skips the fsync (a record written every round, that a power cut may lose).
+        """
         self.memory[key] = record
         self.folder.mkdir(parents=True, exist_ok=True)
         os.chmod(self.folder, 0o700)
         data = recorddict_to_proto(RecordDict({key: record})).SerializeToString()
-        atomic_write_bytes(self._path(key), data)  # mkstemp's file: mode 0600
+        atomic_write_bytes(self._path(key), data, durable=durable)  # mkstemp's file: mode 0600
 
     def get(self, key: str) -> Record | None:
         """The record under ``key``: from memory, else from disk (a restarted node), else None."""
@@ -68,6 +73,17 @@ class NodeState:
             raise ValueError(f"{path}: holds no record {key!r} (not written by NodeState?)")
         self.memory[key] = stored[key]
         return stored[key]
+
+    def clear(self) -> int:
+        """Delete this node's files of the run (memory stays: Flower drops it with the run); how many."""
+        if not self.folder.is_dir():
+            return 0
+        files = list(self.folder.glob("*.rd")) + list(self.folder.glob(".*.rd-*"))  # records, unfinished writes
+        for path in files:
+            path.unlink(missing_ok=True)
+        if not any(self.folder.iterdir()):
+            self.folder.rmdir()
+        return len(files)
 
     def get_arrays(self, key: str) -> ArrayRecord | None:
         record = self.get(key)

@@ -197,7 +197,7 @@ class ClientSession:
 
     def store_local_model(self, model: nn.Module) -> None:
         """Keep the model after local training, also on disk (a restarted node queries with it)."""
-        self.node_state.put(LOCAL_MODEL_KEY, ArrayRecord(model.state_dict()))
+        self.node_state.put(LOCAL_MODEL_KEY, ArrayRecord(model.state_dict()), durable=False)  # every round
 
     def local_model(self) -> nn.Module:
         """The client's model after its last local training (BN statistics of its own data, see bn-statistics)."""

@@ -266,7 +266,20 @@ class Experiment(NodeMembership):
         self.recorder.finish("completed", totals=totals)
         if self.checkpoint is not None:
             self.checkpoint.delete()
+        self._release_clients()
         return self.recorder.data
+
+    def _release_clients(self) -> None:
+        """Tell every client the run completed (they delete their node-state files); one try, never fails the run."""
+        content = RecordDict({"config": ConfigRecord({})})
+        try:
+            replies = self.messenger.send_to_nodes("query.finish", {c.node_id: content for c in self.clients.values()})
+        except Exception as err:  # noqa: BLE001 - the run has completed; a site that missed this keeps a few files
+            log.warning("[FAL] query.finish: %s", err)
+            return
+        missed = sorted(p for p, c in self.clients.items() if c.node_id not in replies or replies[c.node_id].has_error())
+        if missed:
+            log.warning("[FAL] partition(s) %s did not confirm the end of the run; their node-state files stay", missed)
 
     def _train_and_evaluate(
         self, cycle: int, arrays: ArrayRecord, total_data: int,

@@ -38,6 +38,7 @@ def test_records_survive_a_restart_and_secrets_are_private(tmp_path):
     assert after.get("never-written") is None
     kept.put("fale", ConfigRecord({"cycle": 3}))  # replaced, not appended
     assert dict(NodeState(RecordDict(), folder).get_config("fale")) == {"cycle": 3}
+    assert kept.clear() == 2 and not folder.exists() and kept.clear() == 0
 
 
 def test_bad_keys_and_wrong_record_kinds_are_named(tmp_path):
@@ -91,6 +92,10 @@ def test_fale_finishes_its_protocol_on_a_node_restarted_in_the_middle(tmp_path):
     assert results["cycles"][1]["evaluation"]["mse"] == pytest.approx(plain["cycles"][1]["evaluation"]["mse"], rel=1e-6)
     ids = LabelLedger(tmp_path / "restart" / "state" / "t" / "partition-1.json").labeled_ids().tolist()
     assert len(ids) == len(set(ids)) == results["cycles"][1]["labeled-per-client"]["1"]
+    # the run completed: query.finish had every node delete its node-state files; the ledgers stay
+    assert ("query.finish", restarted["node"]) in grid.log
+    assert not list((tmp_path / "restart" / "state" / "t").glob("*.node"))
+    assert len(list((tmp_path / "restart" / "state" / "t").glob("partition-*.json"))) == N
 
 
 def test_a_restarted_node_queries_with_the_local_model_it_trained(tmp_path):
