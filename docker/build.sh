@@ -109,7 +109,10 @@ if [ -n "$wheelhouse" ]; then
     server_pid=$!
     pip_source="http://$gateway:$port/"
     # Wait until it serves this wheelhouse (a slow start, or another server on the port, fails the build's pip).
-    probe="$pip_source$(ls "$wheelhouse" | head -1)"
+    # (a glob, not `ls | head -1`: under pipefail head's early exit can kill ls with SIGPIPE, exit 141)
+    wheels=("$wheelhouse"/*.whl)
+    [ -e "${wheels[0]}" ] || { echo "[build] no wheels in $wheelhouse" >&2; exit 1; }
+    probe="$pip_source$(basename "${wheels[0]}")"
     served=""
     for _ in $(seq 1 60); do
         kill -0 "$server_pid" 2>/dev/null || break
