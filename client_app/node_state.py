@@ -15,15 +15,14 @@ memory copy, else the file (then cached in memory).
 
 The files are the run's: when the run completes, the server's ``query.finish``
 round has every node delete its folder (:meth:`NodeState.clear`); a stopped run
-keeps them for its resumption. Records only this node reads and that change every round (the optimiser state
-of ``optimizer-state=keep``) stay in memory: a restarted node starts them
-afresh, as documented for that setting. The server never sees these files; they
+keeps them for its resumption. Records only this node reads and that change
+every round (the optimiser state of ``optimizer-state=keep``) stay in memory: a
+restarted node starts them afresh, as documented for that setting. The server never sees these files; they
 sit with the site's data and ledger, under the same protection.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -56,8 +55,7 @@ class NodeState:
         ``durable=False`` skips the fsync (a record written every round, that a power cut may lose).
         """
         self.memory[key] = record
-        self.folder.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.folder, 0o700)
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # the umask only removes bits
         data = recorddict_to_proto(RecordDict({key: record})).SerializeToString()
         atomic_write_bytes(self._path(key), data, durable=durable)  # mkstemp's file: mode 0600
 
@@ -86,13 +84,14 @@ class NodeState:
         return len(files)
 
     def get_arrays(self, key: str) -> ArrayRecord | None:
-        record = self.get(key)
-        if record is not None and not isinstance(record, ArrayRecord):
-            raise TypeError(f"node state {key!r} is a {type(record).__name__}, not an ArrayRecord")
-        return record
+        return self._get_as(key, ArrayRecord)
 
     def get_config(self, key: str) -> ConfigRecord | None:
+        return self._get_as(key, ConfigRecord)
+
+    def _get_as(self, key: str, kind: type[Record]) -> Record | None:
         record = self.get(key)
-        if record is not None and not isinstance(record, ConfigRecord):
-            raise TypeError(f"node state {key!r} is a {type(record).__name__}, not a ConfigRecord")
+        if record is not None and not isinstance(record, kind):
+            article = "an" if kind.__name__[0] in "AEIOU" else "a"
+            raise TypeError(f"node state {key!r} is a {type(record).__name__}, not {article} {kind.__name__}")
         return record
