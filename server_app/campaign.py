@@ -40,12 +40,39 @@ from server_app.tracking import open_tracker
 if TYPE_CHECKING:
     from server_app.experiment import Experiment
 
-__all__ = ["Campaign", "SHADOW_TRAIN"]
+__all__ = ["Campaign", "SHADOW_TRAIN", "calibration"]
 
 log = logging.getLogger("fal")
 
 #: the message type of the shadow model's FedAvg rounds (client_app/audit.py)
 SHADOW_TRAIN = "query.shadow_train"
+
+
+def calibration(cfg, res: dict[str, dict[str, Any]], sizes: dict[str, int]) -> dict[str, Any]:
+    """The calibration check from the sites' audit sums (``res``: site -> reply) weighted by data size (``sizes``)."""
+    audited = [p for p, r in res.items() if int(r["audit-n"]) > 0]
+    out: dict[str, Any] = {"bins": cfg.calibration_bins, "binning": "equal-width bins of the top-class probability",
+                           "uncertainty": "predictive entropy / log(classes), 100 equal-width bins", "flags": []}
+    if not audited:
+        return out
+    w = st.weights(sizes, audited)
+    n_total = sum(int(res[p]["audit-n"]) for p in audited)
+    f = {p: w[p] * n_total / int(res[p]["audit-n"]) for p in audited}  # site weight per audit sample
+
+    def pooled(key: str) -> np.ndarray:
+        return np.sum([f[p] * np.asarray(res[p][key], dtype=np.float64) for p in audited], axis=0)
+
+    out["ece"] = st.ece(pooled("audit-bin-count"), pooled("audit-bin-confidence"), pooled("audit-bin-correct"))
+    errors, correct = pooled("audit-uncertainty-errors"), pooled("audit-uncertainty-correct")
+    auroc, bound = st.binned_auroc(errors, correct)
+    out["auroc"] = None if math.isnan(auroc) else auroc
+    out["auroc-binning-bound"] = None if math.isnan(bound) else bound
+    out["audit-errors"] = float(errors.sum())
+    if out["ece"] > cfg.calibration_max_ece:
+        out["flags"].append("miscalibrated")
+    if out["auroc"] is not None and out["auroc"] < cfg.calibration_min_auroc:
+        out["flags"].append("uninformative-uncertainty")
+    return out
 
 
 class Campaign:
@@ -156,7 +183,7 @@ class Campaign:
         if self.cfg.random_share > 0:
             camp["random"] = self._estimate(res, sizes, "shadow")
         if self.cfg.task == "classification":
-            camp["calibration"] = self._calibration(res, sizes)
+            camp["calibration"] = calibration(self.cfg, res, sizes)
         return camp
 
     def _estimate(self, res: dict[str, dict[str, Any]], sizes: dict[str, int], prefix: str) -> dict[str, Any]:
@@ -192,32 +219,6 @@ class Campaign:
         c = int(round(math.sqrt(total.size)))
         value = st.cohen_kappa(total.reshape(c, c))
         return None if math.isnan(value) else value
-
-    def _calibration(self, res: dict[str, dict[str, Any]], sizes: dict[str, int]) -> dict[str, Any]:
-        cfg = self.cfg
-        audited = [p for p, r in res.items() if int(r["audit-n"]) > 0]
-        out: dict[str, Any] = {"bins": cfg.calibration_bins, "binning": "equal-width bins of the top-class probability",
-                               "uncertainty": "predictive entropy / log(classes), 100 equal-width bins", "flags": []}
-        if not audited:
-            return out
-        w = st.weights(sizes, audited)
-        n_total = sum(int(res[p]["audit-n"]) for p in audited)
-        f = {p: w[p] * n_total / int(res[p]["audit-n"]) for p in audited}  # site weight per audit sample
-
-        def pooled(key: str) -> np.ndarray:
-            return np.sum([f[p] * np.asarray(res[p][key], dtype=np.float64) for p in audited], axis=0)
-
-        out["ece"] = st.ece(pooled("audit-bin-count"), pooled("audit-bin-confidence"), pooled("audit-bin-correct"))
-        errors, correct = pooled("audit-uncertainty-errors"), pooled("audit-uncertainty-correct")
-        auroc, bound = st.binned_auroc(errors, correct)
-        out["auroc"] = None if math.isnan(auroc) else auroc
-        out["auroc-binning-bound"] = None if math.isnan(bound) else bound
-        out["audit-errors"] = float(errors.sum())
-        if out["ece"] > cfg.calibration_max_ece:
-            out["flags"].append("miscalibrated")
-        if out["auroc"] is not None and out["auroc"] < cfg.calibration_min_auroc:
-            out["flags"].append("uninformative-uncertainty")
-        return out
 
     # ---------------------------------------------------------- random share
     def reduced(self, budgets: dict[int, int]) -> dict[int, int]:
