@@ -87,7 +87,8 @@ def _experiment_id(client, name: str) -> str:
     if found is not None:
         return found.experiment_id
     try:
-        return client.create_experiment(name)
+        # shown as "Model training" (not GenAI) in MLflow 3's UI
+        return client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development"})
     except Exception:  # noqa: BLE001 - another run of the sweep created it first
         return client.get_experiment_by_name(name).experiment_id
 
