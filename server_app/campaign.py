@@ -88,15 +88,9 @@ class Campaign:
     # ------------------------------------------------------------------ setup
     def check_sizes(self) -> None:
         """An audit sample (with its top-ups) that does not fit a site's pool fails here, before any training."""
-        cfg = self.cfg
-        for pid, c in sorted(self.exp.clients.items()):
-            need = cfg.audit_reserve(c.data_size, cfg.num_cycles)
-            if need > c.pool_size:
-                raise ValueError(
-                    f"audit-size: partition {pid} would set aside {need} audit samples (audit-size={cfg.audit_size:g} "
-                    f"{cfg.audit_mode}, audit-topup={cfg.audit_topup} x {cfg.num_cycles} cycles) but has only "
-                    f"{c.pool_size} unlabeled samples"
-                )
+        problem = self.cfg.audit_size_error({p: c.data_size for p, c in self.exp.clients.items()})
+        if problem:
+            raise ValueError(problem)
 
     def setup(self) -> None:
         """Every site buys its audit sample (idempotent); labels a person gives are waited for with the initial ones."""

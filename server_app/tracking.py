@@ -98,13 +98,17 @@ def _find(client, experiment_id: str, tag: str, value: str):
     return runs[0] if runs else None
 
 
-def ensure_sweep_parent(cfg: RunConfig, sweep_name: str, params: dict[str, Any]) -> str:
-    """The parent run of a sweep in its experiment (created once; a resumed sweep finds it); its run id."""
+def ensure_sweep_parent(cfg: RunConfig, params: dict[str, Any]) -> str:
+    """The parent run of a sweep in its experiment ``tracking-experiment`` (created once; a resumed sweep finds it).
+
+    Every run of that experiment names it as its ``mlflow.parentRunId``. Returns its run id.
+    """
     client = _client(tracking_uri(cfg))
-    exp = _experiment_id(client, experiment_name(cfg))
-    run = _find(client, exp, PARENT_TAG, sweep_name)
+    name = experiment_name(cfg)
+    exp = _experiment_id(client, name)
+    run = _find(client, exp, PARENT_TAG, name)
     if run is None:
-        run = client.create_run(exp, run_name=f"sweep {sweep_name}", tags={PARENT_TAG: sweep_name})
+        run = client.create_run(exp, run_name=f"sweep {name}", tags={PARENT_TAG: name})
         for key, value in params.items():
             client.log_param(run.info.run_id, key, str(value)[:6000])
     return run.info.run_id

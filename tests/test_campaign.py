@@ -154,6 +154,6 @@ def test_impossible_campaign_settings_fail_before_anything_runs(overrides, messa
 
 def test_an_audit_sample_larger_than_a_pool_fails_at_setup_before_training(small_run):
     grid, run_config = _grid({**small_run, "audit-mode": "count", "audit-size": 500})
-    with pytest.raises(ValueError, match="audit-size: partition 0 would set aside 500 audit samples"):
+    with pytest.raises(ValueError, match="audit-size: partition 0 would set aside 500 audit samples.*besides its initial labels"):
         run_experiment(grid, run_config)
     assert not any(kind == "train" for kind, _ in grid.log)

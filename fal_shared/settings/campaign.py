@@ -181,6 +181,17 @@ class CampaignSettings(SettingsBase):
         """Audit samples set aside for a site over the whole run (the first sample and every top-up)."""
         return self.audit_count(client_size) + (self.audit_topup * num_cycles if self.audit_on else 0)
 
+    def audit_size_error(self, sizes: dict[int, int]) -> str:
+        """Why the audit sample cannot be set aside at some site (``sizes``: partition -> data size), or ''."""
+        for pid, size in sorted(sizes.items()):
+            need = self.audit_reserve(size, getattr(self, "num_cycles", 0))
+            pool = size - self.initial_count(size)
+            if need > pool:
+                return (f"audit-size: partition {pid} would set aside {need} audit samples (audit-size={self.audit_size:g} "
+                        f"{self.audit_mode}, audit-topup={self.audit_topup} x {getattr(self, 'num_cycles', 0)} cycles) "
+                        f"but has only {pool} samples besides its initial labels")
+        return ""
+
     @model_validator(mode="after")
     def _check_campaign(self) -> "CampaignSettings":
         rules = self.stop_rules
