@@ -58,7 +58,8 @@ def test_audit_labels_are_bought_apart_never_trained_on_and_reported_per_site(sm
     assert [c["labeled-per-client"] for c in plain["cycles"]] == [c["labeled-per-client"] for c in cycles]
     # every audit purchase went through query.audit (one per site at setup and per top-up), nothing twice
     assert sum(1 for kind, _ in grid.log if kind == "query.audit") == 3 * (1 + 3 + 2)
-    assert (Path(run["output-dir"]) / "test-run" / "cycles.csv").exists()
+    header = (Path(run["output-dir"]) / "test-run" / "cycles.csv").read_text().splitlines()[0].split(",")
+    assert {"audit-estimate", "audit-ci-low", "audit-ci-high", "ece", "auroc"} <= set(header)
 
 
 @pytest.mark.parametrize("rule,extra,stops_at", [
