@@ -9,28 +9,11 @@ import pytest
 from fal_shared.config import parse_run_config
 from launcher.cli_common import check_campaign
 from server_app.inprocess import run_inprocess
+from tests.test_sweep import TINY
 
-SWEEP = """
-[sweep]
-name = "tiny-tracked"
-reference = "random"
-cpus-per-run = 1
-
-[base]
-dataset = "digits"
-num-clients = 2
-num-cycles = 1
-rounds-per-cycle = 2
-local-epochs = 1
-train-subset-size = 300
-score-batch-size = 256
-audit-size = 0.1
-tracker = "mlflow"
-
-[grid]
-strategy = ["random"]
-seed = [0, 1]
-"""
+# the sweep tests' tiny sweep, renamed, with audit labels and the tracker (run with --where strategy=random)
+SWEEP = TINY.replace('name = "tiny"', 'name = "tiny-tracked"').replace(
+    "score-batch-size = 256\n", 'score-batch-size = 256\naudit-size = 0.1\ntracker = "mlflow"\n')
 
 
 def test_a_sweep_is_one_mlflow_experiment_with_a_parent_run_and_a_child_per_point(tmp_path):
@@ -40,10 +23,11 @@ def test_a_sweep_is_one_mlflow_experiment_with_a_parent_run_and_a_child_per_poin
     from launcher.sweep import main
 
     sweep_file = tmp_path / "sweep.toml"
+    assert 'tracker = "mlflow"' in SWEEP
     sweep_file.write_text(SWEEP)
     output = tmp_path / "out"
     args = [str(sweep_file), "--output", str(output), "--scheduler", "processes", "--num-cpus", "1", "--no-report",
-            "--progress-seconds", "1"]
+            "--progress-seconds", "1", "--where", "strategy=random"]
     assert main(args) == 0
     assert main(args) == 0  # resumed: every run skipped, the parent found again
     client = MlflowClient(f"sqlite:///{output / 'runs' / 'mlflow.db'}")
