@@ -25,6 +25,7 @@ from pydantic import ValidationError, model_validator
 
 from fal_shared.settings.ahfal import AhfalSettings
 from fal_shared.settings.baselines import BaselineSettings
+from fal_shared.settings.campaign import CampaignSettings
 from fal_shared.settings.common import SettingsBase as _Base
 from fal_shared.settings.common import setting
 from fal_shared.settings.fairfal import FairfalSettings
@@ -222,7 +223,7 @@ class RuntimeSettings(_Base):
 
 
 class RunConfig(
-    FealSettings, KafalSettings, RegressionBaselineSettings, FaleSettings, FairfalSettings, AhfalSettings,
+    CampaignSettings, FealSettings, KafalSettings, RegressionBaselineSettings, FaleSettings, FairfalSettings, AhfalSettings,
     BaselineSettings, FailureSettings, LabelingSettings,
     RuntimeSettings, QuerySettings, TrainingSettings, ScheduleSettings, ExperimentSettings):
     """Every run-config key.
