@@ -85,9 +85,14 @@ def our_overrides(spec: dict[str, Any], method: str, arm: str, seed: int, out: P
     shared, entry = spec["shared"], _check_method(spec, method)
     if arm not in spec["arms"]:
         raise SystemExit(f"unknown arm {arm!r}; the spec has {', '.join(spec['arms'])}")
-    partition = run_dir(out, "theirs", method, seed) / "partition.json"
+    source = entry.get("partition-from", method)  # a method without a reference run uses another's partition
+    partition = run_dir(out, "theirs", source, seed) / "partition.json"
     if not partition.exists():
-        raise SystemExit(f"{partition} does not exist: run the reference side of {method} seed {seed} first")
+        raise SystemExit(f"{partition} does not exist: run the reference side of {source} seed {seed} first")
+    initial = {len(c.get("initial-labeled", [])) for c in json.loads(partition.read_text())["clients"]}
+    if initial != {shared["initial-per-client"]}:
+        raise SystemExit(f"{partition}: initial labels per client {sorted(initial)}, the spec says "
+                         f"{shared['initial-per-client']}")
     return {
         **spec["ours"],
         "dataset": shared["dataset"], "data-root": data_root, "seed": seed, "num-clients": shared["clients"],
@@ -122,20 +127,11 @@ def _theirs_record(spec: dict[str, Any], out: Path, method: str, seed: int) -> d
     if not path.exists():
         return None
     ref = json.loads(path.read_text())
-    trainings, clients = spec["shared"]["trainings"], spec["shared"]["clients"]
-    wall = ref["seconds"]["wall"]
-    query = wall.get("query", [])
-    per_cycle_query = [float(np.sum(query[i * clients:(i + 1) * clients])) for i in range(trainings)]
-    unused = per_cycle_query[-1] if len(per_cycle_query) == trainings else 0.0  # their last query feeds nothing
-    seconds = {
-        "train": float(np.sum(wall.get("train", []))),
-        "query": float(np.sum(per_cycle_query[:-1])),
-        "evaluate": float(np.sum(wall.get("evaluate", [])) + np.sum(wall.get("evaluate-per-class", []))),
-        "bn-statistics": 0.0,
-        "total": ref["seconds"]["wall-total"] - unused,
-        "cpu-total": ref["seconds"]["cpu-total"],
-        "unused-query": unused,
-    }
+    trainings = spec["shared"]["trainings"]
+    summary = ref["seconds"]["summary"]  # the runner's split; its unused last query is left out of the total
+    seconds = {"train": summary["train"], "query": summary["query"], "evaluate": summary["evaluate"],
+               "bn-statistics": 0.0, "total": ref["seconds"]["wall-total"] - summary["unused-query"],
+               "cpu-total": ref["seconds"]["cpu-total"], "unused-query": summary["unused-query"]}
     return {"accuracy": ref["accuracy"][:trainings], "labeled": ref["labeled"], "seconds": seconds,
             "partition-file": ref.get("partition-file")}
 
@@ -267,15 +263,16 @@ def jobs(spec_path: str, spec: dict[str, Any], out: Path, checkout: str, data_ro
     theirs, ours = [], []
     for seed in seeds:
         for method in methods:
-            ref = f"theirs-{method}-seed{seed}"
-            if _theirs_record(spec, out, method, seed) is None:
+            source = spec["methods"][method].get("partition-from", method)
+            ref = f"theirs-{source}-seed{seed}"
+            if source == method and _theirs_record(spec, out, method, seed) is None:
                 theirs.append((ref, [*me, "theirs", *common, "--checkout", checkout, "--method", method,
                                      "--seed", str(seed)], None))
             for arm in arms:
                 if _ours_record(out, arm, method, seed) is None:
                     ours.append((f"ours-{arm}-{method}-seed{seed}", [*me, "ours", *common, "--method", method,
                                  "--arm", arm, "--seed", str(seed)], ref))
-    return theirs + ours
+    return sorted(theirs + ours, key=lambda job: not job[0].startswith("theirs"))
 
 
 def run_queue(todo: list[tuple[str, list[str], str | None]], out: Path, parallel: int, prefix: list[str]) -> int:

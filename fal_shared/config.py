@@ -64,8 +64,9 @@ class ExperimentSettings(_Base):
     data_root: str = setting("", "data-root", "Folder holding the dataset files (not needed for digits/diabetes).", unit="path")
     model: str = setting(
         "auto", "model",
-        "Model: auto, resnet8, cnn4conv, mobilenetv2, small-cnn, mlp, linear. auto = small-cnn for digits, "
-        "cnn4conv for (fashion-)mnist, resnet8 for cifar/svhn, linear for regression.",
+        "Model: auto, resnet8, preact-resnet8 (the AHFAL reference code's pre-activation ResNet-8), cnn4conv, "
+        "mobilenetv2, small-cnn, mlp, linear. auto = small-cnn for digits, cnn4conv for (fashion-)mnist, resnet8 for "
+        "cifar/svhn, linear for regression.",
     )
     seed: int = setting(0, "seed", "Seed of partitions, initial labels, model inits, shuffles and selections.")
     num_clients: int = setting(

@@ -62,7 +62,7 @@ class Clock:
 
     def __init__(self) -> None:
         self.wall: dict[str, list[float]] = {}
-        self.cpu: dict[str, list[float]] = {}
+        self.cpu_by_phase: dict[str, list[float]] = {}
 
     @staticmethod
     def cpu() -> float:
@@ -76,7 +76,7 @@ class Clock:
                 return fn(*args, **kwargs)
             finally:
                 self.wall.setdefault(phase, []).append(time.perf_counter() - w)
-                self.cpu.setdefault(phase, []).append(self.cpu() - c)
+                self.cpu_by_phase.setdefault(phase, []).append(self.cpu() - c)
         return timed
 
 
@@ -211,11 +211,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     per_query = {c: {k: to_full(v) for k, v in sel.items()} for c, sel in record["selected"].items()}
     wall_total, cpu_total = time.perf_counter() - _STARTED, Clock.cpu()
+    queries = clock.wall.get("query", [])
+    used = (args.cycles - 1) * args.clients  # the last cycle's query feeds no training
+    summary = {"train": float(np.sum(clock.wall.get("train", []))), "query": float(np.sum(queries[:used])),
+               "evaluate": float(np.sum(clock.wall.get("evaluate", [])) + np.sum(clock.wall.get("evaluate-per-class", []))),
+               "unused-query": float(np.sum(queries[used:]))}
     result = {
         "side": "theirs", "reference": f"dgitj/FAL {COMMIT}", "strategy": args.strategy, "seed": args.seed,
         "trial-seed": trial_seed, "args": vars(args), "accuracy": record["accuracy"], "labeled": record["labeled"],
-        "seconds": {"wall": copy.deepcopy(clock.wall), "cpu": copy.deepcopy(clock.cpu),
-                    "wall-total": wall_total, "cpu-total": cpu_total},
+        "seconds": {"wall": copy.deepcopy(clock.wall), "cpu": copy.deepcopy(clock.cpu_by_phase),
+                    "wall-total": wall_total, "cpu-total": cpu_total, "summary": summary},
         "partition-file": str(part_path), "selected": per_query,
     }
     (out / "reference.json").write_text(json.dumps(result, indent=1))
