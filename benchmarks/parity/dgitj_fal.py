@@ -174,9 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     select = StrategyManager.select_samples
 
     def recorded_select(self, model, model_server, loader, c, *a, **kw):
-        chosen, rest = select(self, model, model_server, loader, c, *a, **kw)
-        record["selected"].setdefault(str(len(record["labeled"]) - 1), {})[str(c)] = [int(i) for i in chosen]
-        return chosen, rest
+        result = select(self, model, model_server, loader, c, *a, **kw)  # (chosen, rest[, AHFAL's class distribution])
+        record["selected"].setdefault(str(len(record["labeled"]) - 1), {})[str(c)] = [int(i) for i in result[0]]
+        return result
 
     evaluate = fal_main.evaluate_model
 
