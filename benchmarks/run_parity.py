@@ -15,10 +15,10 @@ file, and our runs read it (``partition = "file"``), so the two sides train on t
     python benchmarks/run_parity.py ours SPEC --method random --arm average --seed 1 --out OUT --data-root ...
     python benchmarks/run_parity.py report SPEC --out OUT [--markdown table.md] [--plot curves.png]
 
-``report`` prints, per method, arm and cycle, the accuracy mean +- sample std over seeds of both sides,
-Welch's t-test and Mann-Whitney's U test (two-sided) of ours against theirs, and the seconds of both
-sides split into training, query, evaluation, BatchNorm statistics and fixed cost (everything else in
-the process: imports, data, partition, setup). ``run`` pins each run to one core (``--prefix``).
+``report`` (benchmarks/parity/report.py) prints, per method, arm and cycle, the accuracy mean +- sample std
+over seeds of both sides, Welch's t-test and Mann-Whitney's U test (two-sided) of ours against theirs, and the
+seconds of both sides split into training, query, evaluation, BatchNorm statistics and fixed cost (everything
+else in the process: imports, data, partition, setup). ``run`` pins each run to one core (``--prefix``).
 """
 
 from __future__ import annotations
@@ -37,14 +37,11 @@ import tomllib  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-import numpy as np  # noqa: E402
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-PHASES = ("train", "query", "evaluate", "bn-statistics")
-
+from parity.report import ours_record, report, run_dir, theirs_record  # noqa: E402
 
 def cpu_seconds() -> float:
     """CPU seconds of this process and its children (whole process: interpreter start included)."""
@@ -60,10 +57,6 @@ def load_spec(path: str | Path) -> dict[str, Any]:
     spec.setdefault("arms", {"default": {}})
     spec["name"] = Path(path).stem
     return spec
-
-
-def run_dir(out: Path, side: str, method: str, seed: int) -> Path:
-    return out / side / f"{method}-seed{seed}"
 
 
 def _check_method(spec: dict[str, Any], method: str) -> dict[str, Any]:
@@ -121,139 +114,6 @@ def run_ours(spec: dict[str, Any], method: str, arm: str, seed: int, out: Path, 
     return 0 if result["status"] == "completed" else 1
 
 
-# ------------------------------------------------------------------------------------------ collect
-def _theirs_record(spec: dict[str, Any], out: Path, method: str, seed: int) -> dict[str, Any] | None:
-    path = run_dir(out, "theirs", method, seed) / "reference.json"
-    if not path.exists():
-        return None
-    ref = json.loads(path.read_text())
-    trainings = spec["shared"]["trainings"]
-    summary = ref["seconds"]["summary"]  # the runner's split; its unused last query is left out of the total
-    seconds = {"train": summary["train"], "query": summary["query"], "evaluate": summary["evaluate"],
-               "bn-statistics": 0.0, "total": ref["seconds"]["wall-total"] - summary["unused-query"],
-               "cpu-total": ref["seconds"]["cpu-total"], "unused-query": summary["unused-query"]}
-    return {"accuracy": ref["accuracy"][:trainings], "labeled": ref["labeled"], "seconds": seconds,
-            "partition-file": ref.get("partition-file")}
-
-
-def _ours_record(out: Path, arm: str, method: str, seed: int) -> dict[str, Any] | None:
-    folder = out / "ours" / arm / f"{method}-seed{seed}"
-    if not (folder / "results.json").exists() or not (folder / "timing.json").exists():
-        return None
-    res = json.loads((folder / "results.json").read_text())
-    if res.get("status") != "completed":
-        return None
-    timing = json.loads((folder / "timing.json").read_text())
-    seconds = {p: float(sum(c.get("seconds", {}).get(p, 0.0) for c in res["cycles"])) for p in PHASES}
-    seconds.update(total=timing["wall-total"], **{"cpu-total": timing["cpu-total"]})
-    return {"accuracy": [100 * c["evaluation"]["accuracy"] for c in res["cycles"]],
-            "labeled": [c["labeled"] for c in res["cycles"]], "seconds": seconds}
-
-
-def collect(spec: dict[str, Any], out: Path) -> dict[str, Any]:
-    seeds = spec["shared"]["seeds"]
-    data: dict[str, Any] = {}
-    for method in spec["methods"]:
-        theirs = {s: r for s in seeds if (r := _theirs_record(spec, out, method, s))}
-        arms = {arm: {s: r for s in seeds if (r := _ours_record(out, arm, method, s))} for arm in spec["arms"]}
-        data[method] = {"theirs": theirs, **{f"ours-{a}": v for a, v in arms.items()}}
-    return data
-
-
-# ------------------------------------------------------------------------------------------ report
-def _stats(a: list[float], b: list[float]) -> tuple[float, float]:
-    """Two-sided p of Welch's t-test and of Mann-Whitney's U (nan with fewer than 2 per side)."""
-    from scipy import stats
-
-    if len(a) < 2 or len(b) < 2:
-        return float("nan"), float("nan")
-    if np.std(a) == 0 and np.std(b) == 0:
-        return (1.0, 1.0) if np.mean(a) == np.mean(b) else (0.0, float(stats.mannwhitneyu(a, b).pvalue))
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue), float(stats.mannwhitneyu(a, b).pvalue)
-
-
-def _ms(values: list[float]) -> str:
-    if not values:
-        return "-"
-    return f"{np.mean(values):.1f} +- {np.std(values, ddof=1):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
-
-
-def _seconds(records: dict[int, dict[str, Any]]) -> str:
-    if not records:
-        return "-"
-    mean = {k: np.mean([r["seconds"][k] for r in records.values()]) for k in (*PHASES, "total", "cpu-total")}
-    fixed = mean["total"] - sum(mean[p] for p in PHASES)
-    bn = f" / {mean['bn-statistics']:.0f}" if mean["bn-statistics"] else " / -"
-    return (f"{mean['train']:.0f} / {mean['query']:.0f} / {mean['evaluate']:.0f}{bn} / {fixed:.0f} | "
-            f"{mean['total']:.0f} ({mean['cpu-total']:.0f})")
-
-
-def report(spec: dict[str, Any], out: Path, markdown: str | None, plot: str | None) -> str:
-    data = collect(spec, out)
-    trainings = spec["shared"]["trainings"]
-    lines = [
-        f"Parity spec `{spec['name']}` against {spec['reference']['repository']} {spec['reference']['commit']}: "
-        "global accuracy (%) per cycle, mean +- sample std over seeds (n = seeds completed); "
-        "p = two-sided Welch's t-test / Mann-Whitney U of ours vs theirs.",
-        "",
-        "| method | arm | n ours/theirs | " + " | ".join(f"cycle {i}: ours vs theirs (p)" for i in range(trainings))
-        + " | s ours: train / query / eval / BN / fixed | total (CPU) | s theirs: train / query / eval / - / fixed | total (CPU) |",
-        "|---|---|---|" + "---|" * trainings + "---|---|---|---|",
-    ]
-    for method, sides in data.items():
-        theirs = sides["theirs"]
-        for arm in spec["arms"]:
-            ours = sides[f"ours-{arm}"]
-            cells = []
-            for i in range(trainings):
-                a = [r["accuracy"][i] for r in ours.values() if len(r["accuracy"]) > i]
-                b = [r["accuracy"][i] for r in theirs.values() if len(r["accuracy"]) > i]
-                pw, pm = _stats(a, b)
-                cells.append(f"{_ms(a)} vs {_ms(b)} ({pw:.2f} / {pm:.2f})")
-            lines.append(f"| {method} | {arm} | {len(ours)}/{len(theirs)} | " + " | ".join(cells)
-                         + f" | {_seconds(ours)} | {_seconds(theirs)} |")
-    per_seed = ["", "Per seed (accuracy per cycle):", ""]
-    for method, sides in data.items():
-        for side, records in sides.items():
-            for seed, r in sorted(records.items()):
-                per_seed.append(f"- {method} {side} seed {seed}: " + ", ".join(f"{v:.1f}" for v in r["accuracy"]))
-    text = "\n".join(lines + per_seed) + "\n"
-    if markdown:
-        Path(markdown).write_text(text)
-    (out / f"parity-{spec['name']}.json").write_text(json.dumps(data, indent=1, default=str))
-    if plot:
-        _plot(spec, data, plot)
-    return text
-
-
-def _plot(spec: dict[str, Any], data: dict[str, Any], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = list(data)
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.0), sharey=True, squeeze=False)
-    x = np.arange(spec["shared"]["trainings"])
-    for ax, method in zip(axes[0], methods):
-        for side, records in data[method].items():
-            if not records:
-                continue
-            acc = np.array([r["accuracy"][: len(x)] for r in records.values() if len(r["accuracy"]) >= len(x)])
-            if not len(acc):
-                continue
-            mean, std = acc.mean(0), acc.std(0, ddof=1) if len(acc) > 1 else np.zeros(len(x))
-            ax.plot(x, mean, marker="o", ms=3, label=f"{side} (n={len(acc)})")
-            ax.fill_between(x, mean - std, mean + std, alpha=0.15)
-        ax.set_title(method, fontsize=9)
-        ax.set_xlabel("cycle")
-        ax.set_xticks(x)
-    axes[0][0].set_ylabel("accuracy (%)")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-
-
 # ------------------------------------------------------------------------------------------ queue
 def jobs(spec_path: str, spec: dict[str, Any], out: Path, checkout: str, data_root: str,
          methods: list[str], seeds: list[int], arms: list[str]) -> list[tuple[str, list[str], str | None]]:
@@ -265,11 +125,11 @@ def jobs(spec_path: str, spec: dict[str, Any], out: Path, checkout: str, data_ro
         for method in methods:
             source = spec["methods"][method].get("partition-from", method)
             ref = f"theirs-{source}-seed{seed}"
-            if source == method and _theirs_record(spec, out, method, seed) is None:
+            if source == method and theirs_record(spec, out, method, seed) is None:
                 theirs.append((ref, [*me, "theirs", *common, "--checkout", checkout, "--method", method,
                                      "--seed", str(seed)], None))
             for arm in arms:
-                if _ours_record(out, arm, method, seed) is None:
+                if ours_record(out, arm, method, seed) is None:
                     ours.append((f"ours-{arm}-{method}-seed{seed}", [*me, "ours", *common, "--method", method,
                                  "--arm", arm, "--seed", str(seed)], ref))
     return sorted(theirs + ours, key=lambda job: not job[0].startswith("theirs"))
