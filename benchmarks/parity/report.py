@@ -108,25 +108,28 @@ def _column(records: dict[int, dict[str, Any]], i: int) -> list[float]:
     return [r["accuracy"][i] for r in records.values() if len(r["accuracy"]) > i]
 
 
+def _compared(spec: dict[str, Any], data: dict[str, Any]):
+    """(method, arm, theirs, ours) of every arm with at least one completed run."""
+    for method, sides in data.items():
+        for arm in spec["arms"]:
+            if sides[f"ours-{arm}"]:
+                yield method, arm, sides["theirs"], sides[f"ours-{arm}"]
+
+
 def _curve_rows(spec: dict[str, Any], data: dict[str, Any], pool: int | None) -> list[str]:
     rows = ["| method | arm | cycle | labeled (fraction) | n theirs / ours | theirs (%) | ours (%) | ours - theirs | "
             "p Welch | p Mann-Whitney |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for method, sides in data.items():
-        theirs = sides["theirs"]
-        for arm in spec["arms"]:
-            ours = sides[f"ours-{arm}"]
-            if not ours:
-                continue
-            for i in range(spec["shared"]["trainings"]):
-                a, b = _column(ours, i), _column(theirs, i)
-                counts = {r["labeled"][i] for r in (*ours.values(), *theirs.values()) if len(r["labeled"]) > i}
-                labeled = "/".join(str(n) for n in sorted(counts))
-                if pool and len(counts) == 1:
-                    labeled += f" ({100 * next(iter(counts)) / pool:.0f} %)"
-                diff = f"{np.mean(a) - np.mean(b):+.1f}" if a and b else "-"
-                pw, pm = tests(a, b)
-                rows.append(f"| {method} | {arm} | {i} | {labeled} | {len(b)} / {len(a)} | {_ms(b)} | {_ms(a)} | "
-                            f"{diff} | {_p(pw)} | {_p(pm)} |")
+    for method, arm, theirs, ours in _compared(spec, data):
+        for i in range(spec["shared"]["trainings"]):
+            a, b = _column(ours, i), _column(theirs, i)
+            counts = {r["labeled"][i] for r in (*ours.values(), *theirs.values()) if len(r["labeled"]) > i}
+            labeled = "/".join(str(n) for n in sorted(counts))
+            if pool and len(counts) == 1:
+                labeled += f" ({100 * next(iter(counts)) / pool:.0f} %)"
+            diff = f"{np.mean(a) - np.mean(b):+.1f}" if a and b else "-"
+            pw, pm = tests(a, b)
+            rows.append(f"| {method} | {arm} | {i} | {labeled} | {len(b)} / {len(a)} | {_ms(b)} | {_ms(a)} | "
+                        f"{diff} | {_p(pw)} | {_p(pm)} |")
     return rows
 
 
@@ -154,18 +157,15 @@ def _summary_rows(spec: dict[str, Any], data: dict[str, Any]) -> list[str]:
     rows = ["| method | arm | accuracy per cycle, theirs | ours | p Welch per cycle | s ours / theirs (wall) |",
             "|---|---|---|---|---|---|"]
     n = spec["shared"]["trainings"]
-    for method, sides in data.items():
-        theirs = sides["theirs"]
-        for arm in spec["arms"]:
-            ours = sides[f"ours-{arm}"]
-            if not ours:
-                continue
-            curve = lambda recs: " / ".join(f"{np.mean(_column(recs, i)):.1f}" if _column(recs, i) else "-"  # noqa: E731
-                                            for i in range(n))
-            ps = " / ".join(_p(tests(_column(ours, i), _column(theirs, i))[0]) for i in range(n))
-            t_theirs = f"{mean_seconds(theirs)['total']:.0f}" if theirs else "-"
-            rows.append(f"| {method} | {arm} | {curve(theirs) if theirs else '-'} | {curve(ours)} | {ps} | "
-                        f"{mean_seconds(ours)['total']:.0f} / {t_theirs} |")
+
+    def curve(records: dict[int, dict[str, Any]]) -> str:
+        return " / ".join(f"{np.mean(_column(records, i)):.1f}" if _column(records, i) else "-" for i in range(n))
+
+    for method, arm, theirs, ours in _compared(spec, data):
+        ps = " / ".join(_p(tests(_column(ours, i), _column(theirs, i))[0]) for i in range(n))
+        t_theirs = f"{mean_seconds(theirs)['total']:.0f}" if theirs else "-"
+        rows.append(f"| {method} | {arm} | {curve(theirs) if theirs else '-'} | {curve(ours)} | {ps} | "
+                    f"{mean_seconds(ours)['total']:.0f} / {t_theirs} |")
     return rows
 
 
