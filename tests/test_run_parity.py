@@ -95,6 +95,7 @@ def test_report_rows_tests_and_seconds(tmp_path):
     ours_seconds = [c.strip() for c in next(line for line in text.splitlines()
                                             if line.startswith("| random | ours-average |")).split("|")[1:-1]]
     assert ours_seconds[2:] == ["3", "40", "2", "4", "-", "4", "50", "48"]
+    assert "theirs: 4 runs, 0.11 h wall, 0.10 h CPU; ours: 3 runs, 0.04 h wall, 0.04 h CPU" in text
     saved = json.loads((tmp_path / "parity-toy.json").read_text())
     assert sorted(saved["random"]["ours-average"]) == ["1", "2", "3"]
     assert np.allclose(saved["random"]["theirs"]["1"]["accuracy"], [30.0, 50.0])

@@ -153,6 +153,17 @@ def _time_rows(spec: dict[str, Any], data: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _totals(data: dict[str, Any]) -> str:
+    """Runs, wall and CPU hours of each side over everything collected."""
+    parts = []
+    for side in ("theirs", "ours"):
+        runs = [r for sides in data.values() for name, recs in sides.items() if name.split("-")[0] == side
+                for r in recs.values()]
+        wall, cpu = (sum(r["seconds"][k] for r in runs) / 3600 for k in ("total", "cpu-total"))
+        parts.append(f"{side}: {len(runs)} runs, {wall:.2f} h wall, {cpu:.2f} h CPU")
+    return "All runs collected: " + "; ".join(parts) + "."
+
+
 def _summary_rows(spec: dict[str, Any], data: dict[str, Any]) -> list[str]:
     rows = ["| method | arm | accuracy per cycle, theirs | ours | p Welch per cycle | s ours / theirs (wall) |",
             "|---|---|---|---|---|---|"]
@@ -196,7 +207,7 @@ def report(spec: dict[str, Any], out: Path, markdown: str | None = None, plot: s
         "p: two-sided, ours vs theirs (* p < 0.05).", "",
         *_curve_rows(spec, data, pool), "",
         "Seconds per run, mean over seeds (one pinned core each; wall per phase, fixed = total wall - the phases):", "",
-        *_time_rows(spec, data), "",
+        *_time_rows(spec, data), "", _totals(data), "",
         "Summary (per-cycle means; p Welch per cycle; mean total wall seconds):", "",
         *_summary_rows(spec, data), "",
         "Our arms against each other (one setting changed, the same partitions):", "",
