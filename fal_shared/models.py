@@ -5,8 +5,10 @@ layer). Query strategies need it for Core-Set, BADGE, prototypes and LoGo.
 
 Which models and why:
 
-* ``resnet8``: the AHFAL/KAFAL backbone: 16-32-64 channels, one torchvision
-  ``BasicBlock`` per stage, global average pooling, ``Linear(64, C)``.
+* ``resnet8``: the AHFAL/KAFAL backbone's shape, post-activation: 16-32-64 channels, one torchvision
+  ``BasicBlock`` per stage, global average pooling, ``Linear(64, C)``. Not the AHFAL reference code's
+  variant: with BatchNorm buffers averaged it learns faster than ``preact-resnet8`` (MNIST, alpha 1.0:
+  docs/results/parity-runs.md).
 * ``preact-resnet8``: the same widths with pre-activation blocks (He et al. 2016, "Identity mappings in
   deep residual networks": BN-ReLU before each convolution, a 1x1 convolution on the pre-activated input
   as the shortcut of a stage that changes shape, BN-ReLU before the pooling) and He-normal (fan-out)
