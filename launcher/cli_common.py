@@ -74,10 +74,10 @@ def resolve_overrides(
     # ServerApp resolves the strategy's own defaults the same way
     cfg, _ = resolve_run_config(overrides, explicit=set(overrides))
     create_strategy(cfg)  # unknown strategy / unsupported task / a value the strategy cannot run with fail here
-    from fal_shared.experiment_data import test_data
+    from fal_shared.experiment_data import check_data
     from fal_shared.models import check_model_fits
 
-    test = test_data(cfg)  # a missing or corrupt data file fails here, before any Flower process starts
+    test = check_data(cfg)  # a missing or corrupt data (or partition) file fails here, before any Flower process starts
     check_model_fits(cfg.resolved_model(), input_shape=test.input_shape, num_outputs=test.num_classes, dataset=cfg.dataset)
     check_campaign(cfg)  # audit samples that do not fit a site, a tracker that cannot be reached
     run_name = resolve_run_name(cfg)

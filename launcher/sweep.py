@@ -143,15 +143,15 @@ def _finished(spec: RunSpec) -> bool:
 def _check_data(sweep: Sweep) -> None:
     """Load every distinct data set once: a missing or corrupt file fails before any run starts."""
     from fal_shared.config import parse_run_config
-    from fal_shared.experiment_data import test_data
+    from fal_shared.experiment_data import check_data
 
     seen = set()
     for spec in sweep.runs:
         cfg = parse_run_config(spec.config)
-        key = (cfg.dataset, cfg.data_root, cfg.num_clients, cfg.seed if cfg.task == "regression" else 0)
+        key = (cfg.dataset, cfg.data_root, cfg.num_clients, cfg.seed if cfg.task == "regression" else 0, cfg.partition_file)
         if key not in seen:
             seen.add(key)
-            test_data(cfg)
+            check_data(cfg)
 
 
 def _name_tracking_experiment(sweep: Sweep) -> list[RunSpec]:
