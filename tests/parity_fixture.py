@@ -140,8 +140,22 @@ def predict_fn(ds: ArrayDataset):
     return run
 
 
+_BANKS: dict[tuple, ModelBank] = {}
+
+
 def model_bank(inputs: ParityInputs, ds: ArrayDataset, pool_ids: np.ndarray, labeled_ids: np.ndarray) -> ModelBank:
-    """The real ModelBank of a client: global, local, and local-only (= the local model's weights)."""
+    """The real ModelBank of a client: global, local, and local-only (= the local model's weights).
+
+    One bank per (inputs, pool, labeled set) in this process: its cached outputs are read-only, so
+    tests share them instead of running the same inference again.
+    """
+    key = (id(inputs), id(ds), np.asarray(pool_ids).tobytes(), np.asarray(labeled_ids).tobytes())
+    if key not in _BANKS:
+        _BANKS[key] = _new_bank(inputs, ds, pool_ids, labeled_ids)
+    return _BANKS[key]
+
+
+def _new_bank(inputs: ParityInputs, ds: ArrayDataset, pool_ids: np.ndarray, labeled_ids: np.ndarray) -> ModelBank:
     loaders = {
         "global": lambda: build(inputs.weights["global"]),
         "local": lambda: build(inputs.weights["local"]),

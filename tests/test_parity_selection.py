@@ -131,3 +131,81 @@ def test_feal_matches_dgitj(inputs, ds):
     np.testing.assert_allclose(aleatoric_uncertainty(alpha_l), ref["aleatoric_local"], atol=SCORE_ATOL)
     np.testing.assert_allclose(epistemic_uncertainty(alpha_g), ref["epistemic_global"], atol=SCORE_ATOL * 10)
     np.testing.assert_array_equal(ids, ref["selected"])  # relaxation walk order too
+
+
+# ------------------------------------------------------------------ chenchenzong/FairFAL
+
+
+def _fairfal_cases():
+    ref = pf.load_reference("fairfal")
+    return [(v, k) for v in ("full", "missing") for k in range(len(ref[f"{v}_g_bars"]))]
+
+
+@pytest.mark.parametrize("variant", ["full", "missing"])
+def test_fairfal_statistics_match_with_oversampling(inputs, ds, variant):
+    from query.fairfal import client_statistics
+
+    ref = pf.load_reference("fairfal")
+    ctx = pf.context(inputs, ds, {}, variant=variant)
+    lab_g, lab_l = ctx.models.labeled("global").outputs, ctx.models.labeled("local-only").outputs
+    ours = client_statistics(lab_g, lab_l, ctx.labeled_y, 10, mode="oversample")
+    np.testing.assert_allclose(ours.pbar_global, ref[f"{variant}_pbar_global"], atol=1e-6)
+    np.testing.assert_allclose(ours.pbar_local, ref[f"{variant}_pbar_local"], atol=1e-6)
+    assert ours.divergence == pytest.approx(float(ref[f"{variant}_d"]), abs=1e-6)
+    assert ours.g == pytest.approx(float(ref[f"{variant}_g"]), abs=1e-6)
+    # the default (exact class means) differs by the resampling noise only
+    exact = client_statistics(lab_g, lab_l, ctx.labeled_y, 10)
+    assert exact.g == pytest.approx(float(ref[f"{variant}_g"]), abs=0.05)
+    assert exact.g != pytest.approx(float(ref[f"{variant}_g"]), abs=1e-4)
+
+
+@pytest.mark.parametrize("variant,case", _fairfal_cases())
+def test_fairfal_matches_authors(inputs, ds, variant, case):
+    ref = pf.load_reference("fairfal")
+    g_bar = float(ref[f"{variant}_g_bars"][case])
+    params = {"fairfal-g-bar": g_bar, "fairfal-balanced-mean": "oversample"}
+    ctx = pf.context(inputs, ds, params, variant=variant)
+    out = run_selection(get_selector("fairfal"), ctx)
+    unc_model, emb_model = ref[f"{variant}_models"][case]
+    assert out.diagnostics["used-global-uncertainty"] == (unc_model == "global")
+    assert out.diagnostics["used-global-embedding"] == (emb_model == "global")
+    assert out.diagnostics["divergence"] == pytest.approx(float(ref[f"{variant}_d"]), abs=1e-6)
+    kind = "global" if unc_model == "global" else "local-only"
+    np.testing.assert_allclose(entropy(ctx.models.pool(kind).outputs, normalized=True), ref[f"scores_{unc_model}"],
+                               atol=SCORE_ATOL)
+    assert set(out.ids) == set(ref[f"{variant}_selected"][case])
+
+
+@pytest.mark.parametrize("variant", ["full", "missing"])
+def test_fairfal_pseudo_labels_and_quotas_match_authors(inputs, ds, variant):
+    from query.fairfal import class_prototypes, prototype_pseudo_labels
+    from query.kernels import balanced_class_quotas
+
+    ref = pf.load_reference("fairfal")
+    ctx = pf.context(inputs, ds, {}, variant=variant)
+    protos, counts = class_prototypes(ctx.models.labeled("global").features, ctx.labeled_y, 10)
+    pseudo, _ = prototype_pseudo_labels(ctx.models.pool("global").features, protos, counts)
+    np.testing.assert_array_equal(pseudo, ref[f"{variant}_pseudo"])
+    quotas = balanced_class_quotas(inputs.budget, np.bincount(pseudo, minlength=10), 10)
+    for q in ref[f"{variant}_quota"]:  # the quotas do not depend on g-bar
+        np.testing.assert_array_equal(quotas, q)
+
+
+# ------------------------------------------------------------------ ycao5602/KAFAL and JiayiChen815/FEAL
+
+
+def test_ksas_matches_kafal_authors(inputs, ds):
+    ref = pf.load_reference("kafal")
+    ids, ctx = select(inputs, ds, "kafal", {})
+    scores = ksas_scores(log_probs(ctx, "local"), log_probs(ctx, "global"), inputs.client_histogram("full"))
+    np.testing.assert_allclose(scores, ref["full_scores"], atol=SCORE_ATOL)
+    assert set(ids) == set(ref["full_selected"])
+    assert np.isnan(ref["missing_scores"]).all()  # the same NaN as dgitj/FAL's copy (see above)
+
+
+def test_feal_matches_feal_authors(inputs, ds):
+    ref = pf.load_reference("feal")
+    ids, ctx = select(inputs, ds, "feal", {})
+    alpha_g = evidential_alpha(torch.as_tensor(ctx.models.pool("global").logits, dtype=torch.float64))
+    np.testing.assert_allclose(epistemic_uncertainty(alpha_g), ref["epistemic_global"], atol=SCORE_ATOL * 10)
+    np.testing.assert_array_equal(ids, ref["selected"])  # the relaxation's picks, in walk order
