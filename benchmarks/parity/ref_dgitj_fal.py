@@ -4,6 +4,12 @@ Calls, unchanged, ``query_strategies.<method>.<Sampler>`` as ``main.py`` does:
 the client model (``models['clients'][c]``, our ``local``), the server model
 (our ``global``), an unlabeled ``DataLoader`` of batch 128 over
 ``SubsetSequentialSampler(pool)``. Writes ``dgitj-<method>.npz``.
+
+The randomised samplers get the random stream our selector uses: for seed t,
+the seed that ``np.random.default_rng(t)`` gives first seeds their KMeans
+(LoGo's ``seed`` argument; BADGE's fixed ``random_state=42`` is replaced by a
+subclass) or the global torch RNG (Noise Stability's noise), so both sides run
+the very same random draws and the picks can be compared exactly.
 """
 
 from __future__ import annotations
@@ -27,8 +33,12 @@ from query_strategies import (  # noqa: E402
 from training.trainer import FederatedTrainer  # noqa: E402
 
 BATCH = 128  # config.BATCH
-NS_SUBSET = 600  # Noise Stability runs on the first 600 pool samples (50 noisy copies each)
 SEEDS = 20
+# Noise Stability (50 noisy copies of the model, each scoring the whole unlabeled set) and BADGE (KMeans
+# with n_init=10 on 784-dimensional input gradients) run on the first pool samples, with a smaller budget,
+# so that our side's test of each seed takes about a second on one core
+NS_POOL, NS_BUDGET = 240, 40
+BADGE_POOL, BADGE_BUDGET, BADGE_SEEDS = 800, 50, 5
 
 inputs = h.pf.load_inputs()
 ds = h.pf.train_set(args.data_root)
@@ -41,7 +51,10 @@ assert config.NUM_CLASSES == 10
 
 
 def loader(ids):
-    return DataLoader(dataset, batch_size=BATCH, sampler=SubsetSequentialSampler(list(ids)), num_workers=0)
+    # main.py gives the unlabeled loader its own generator (g_unlabeled_cycle), so iterating it does not
+    # draw from the global torch RNG, which Noise Stability's noise comes from
+    return DataLoader(dataset, batch_size=BATCH, sampler=SubsetSequentialSampler(list(ids)), num_workers=0,
+                      generator=torch.Generator().manual_seed(0))
 
 
 def seed_stream(t: int, bound: int) -> int:
@@ -127,17 +140,37 @@ def feal() -> None:
 
 
 def badge() -> None:
-    """BADGE (input-gradient embeddings + KMeans)."""
-    badge = BADGESampler("cpu")
-    grads, _ = badge.compute_gradient_embeddings(local, loader(pool))
-    sel = badge.select_samples(local, loader(pool), pool, B)[0]
-    h.save(args.out, "dgitj-badge", selected=h.ids_array(sel), embedding_norms=grads.norm(dim=1).numpy(),
-           embedding_head=grads[:8].numpy())
+    """BADGE (input-gradient embeddings + KMeans + nearest point per centre).
+
+    Their KMeans has random_state=42 fixed; a subclass replaces it by the seed our selector draws
+    first from default_rng(t) (so both sides share the stream), and records nothing else.
+    """
+    import query_strategies.badge as badge_module
+    import sklearn
+
+    current = {}
+
+    class SeededKMeans(badge_module.KMeans):
+        def __init__(self, n_clusters=8, *, random_state=None, **kw):
+            super().__init__(n_clusters=n_clusters, random_state=current["seed"], **kw)
+
+    badge_module.KMeans = SeededKMeans
+    sampler = BADGESampler("cpu")
+    subset = pool[:BADGE_POOL]
+    grads, _ = sampler.compute_gradient_embeddings(local, loader(subset))
+    selected, seeds = [], []
+    for t in range(BADGE_SEEDS):
+        current["seed"] = seed_stream(t, 2**31 - 1)
+        selected.append(h.ids_array(sampler.select_samples(local, loader(subset), subset, BADGE_BUDGET)[0]))
+        seeds.append(current["seed"])
+    h.save(args.out, "dgitj-badge", selected=np.stack(selected), seeds=np.array(seeds, dtype=np.int64),
+           subset=h.ids_array(subset), budget=np.int64(BADGE_BUDGET), sklearn_version=np.array(sklearn.__version__),
+           embedding_norms=grads.norm(dim=1).numpy(), embedding_head=grads[:2].numpy())
 
 
 def noise_stability() -> None:
-    """Noise Stability (global torch RNG)."""
-    subset = pool[:NS_SUBSET]
+    """Noise Stability (global torch RNG, seeded with the seed our selector draws first)."""
+    subset = pool[:NS_POOL]
     ns = NoiseStabilitySampler(device="cpu", noise_scale=0.001, num_sampling=50)  # strategy_manager.py's arguments
     selected, torch_seeds = [], []
     for t in range(SEEDS):
@@ -146,10 +179,10 @@ def noise_stability() -> None:
         if t == 0:
             uncertainty = ns.compute_uncertainty(local, loader(subset)).numpy()
             torch.manual_seed(seed)
-        selected.append(h.ids_array(ns.select_samples(local, loader(subset), subset, B)[0]))
+        selected.append(h.ids_array(ns.select_samples(local, loader(subset), subset, NS_BUDGET)[0]))
         torch_seeds.append(seed)
     h.save(args.out, "dgitj-noise-stability", selected=np.stack(selected), torch_seeds=np.array(torch_seeds, dtype=np.int64),
-           subset=h.ids_array(subset), uncertainty=uncertainty)
+           subset=h.ids_array(subset), budget=np.int64(NS_BUDGET), uncertainty=uncertainty)
 
 
 def logo() -> None:
