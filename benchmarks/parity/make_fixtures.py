@@ -8,6 +8,10 @@ Two steps, both deterministic::
     # 2. the authors' selection functions on those inputs, one process per repository
     python benchmarks/parity/make_fixtures.py reference --reference-root /work/scratch/18a
 
+    # 3. check a regeneration (into --out <folder>) against the committed fixtures:
+    #    integer arrays (picks, labels, quotas) must be equal; float scores print their largest difference
+    python benchmarks/parity/make_fixtures.py compare <folder>
+
 ``--reference-root`` holds the authors' repositories extracted at the commits of
 tests/fixtures/parity/README.md (``FAL``, ``FAL-data``, ``FairFAL``, ``LoGo``,
 ``FEAL``, ``KAFAL``; e.g. ``git --git-dir=<mirror> archive 55f1665 | tar -x -C FAL``)
@@ -21,6 +25,7 @@ the authors' loaders are fed the very tensors our client normalises
 from __future__ import annotations
 
 import argparse
+import resource
 import subprocess
 import sys
 import time
@@ -94,12 +99,33 @@ def make_inputs(data_root: Path, out: Path, seed: int = 2024) -> None:
 
 def run_references(reference_root: Path, data_root: Path, out: Path, only: list[str]) -> None:
     for name in only:
-        start = time.process_time()
+        start, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
         cmd = [sys.executable, str(Path(__file__).with_name(f"ref_{name}.py")),
                "--reference-root", str(reference_root), "--data-root", str(data_root), "--out", str(out)]
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
-        print(f"{name}: done ({time.process_time() - start:.1f} s CPU in this process)", flush=True)
+        cpu = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime - cpu0
+        print(f"{name}: done in {time.perf_counter() - start:.1f} s wall, {cpu:.1f} s CPU", flush=True)
+
+
+def compare(folder: Path, committed: Path) -> int:
+    """Compare regenerated fixtures with the committed ones: integers exactly, floats by their largest difference."""
+    differing = 0
+    for path in sorted(Path(folder).glob("*.npz")):
+        new, old = np.load(path), np.load(committed / path.name)
+        notes = [f"keys differ: {sorted(set(new.files) ^ set(old.files))}"] if set(new.files) != set(old.files) else []
+        for key in sorted(set(new.files) & set(old.files)):
+            a, b = new[key], old[key]
+            if a.dtype.kind == "f" and a.shape == b.shape and np.array_equal(np.isnan(a), np.isnan(b)):
+                finite = ~np.isnan(a)
+                diff = float(np.abs(a[finite].astype(np.float64) - b[finite]).max()) if finite.any() else 0.0
+                if diff > 0:
+                    notes.append(f"{key}: floats, max |diff| {diff:.2g}")
+            elif not np.array_equal(a, b):
+                notes.append(f"{key}: DIFFERENT")
+                differing += 1
+        print(f"{path.name}: {'; '.join(notes) if notes else 'identical'}")
+    return differing
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,8 +138,13 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--out", type=Path, default=pf.FIXTURES)
     p_ref.add_argument("--reference-root", type=Path, required=True)
     p_ref.add_argument("--only", default=",".join(REFERENCES), help=f"comma-separated subset of {','.join(REFERENCES)}")
+    p_cmp = sub.add_parser("compare", help="compare regenerated fixtures in FOLDER with --committed (exit 1 if not equal)")
+    p_cmp.add_argument("folder", type=Path)
+    p_cmp.add_argument("--committed", type=Path, default=pf.FIXTURES)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.step == "compare":
+        raise SystemExit(1 if compare(args.folder, args.committed) else 0)
     if args.step == "inputs":
         make_inputs(args.data_root, args.out)
     else:
