@@ -493,6 +493,9 @@ class AhfalSelector(Selector):
     (server, for the reference allocation) and the ``ahfal-*`` settings.
     Uses ``ctx.models.pool("local")`` (the client's model after this cycle's
     local training) and, for C_low classes, ``ctx.models.pool("global")``.
+    The paper allocation counts the labeled set by its true labels (Eq. 4's
+    n_ic); the reference allocation, as the authors' code, by the global
+    model's predictions on it (``ctx.models.labeled("global")``).
     """
 
     @classmethod
@@ -519,6 +522,11 @@ class AhfalSelector(Selector):
         needs_global = toggling and bool(low.any()) and (rule == "reference" or bool(low[pseudo].any()))
         global_probs = ctx.models.pool("global").outputs if needs_global else None
         counts = np.bincount(np.asarray(ctx.labeled_y, dtype=np.int64), minlength=num_classes)
+        if allocation == "reference" and len(ctx.labeled_ids):
+            # The reference code's representation ratios count the labeled set by the *global* model's
+            # predictions, not by the true labels (dgitj/FAL ahfal.py select_samples, "Step 2": labeled_pseudo_counts;
+            # tests/test_parity_selection.py checks this against the authors' function).
+            counts = np.bincount(np.argmax(ctx.models.labeled("global").outputs, axis=1), minlength=num_classes)
         positions, info = ahfal_select(
             local, global_probs, counts, ctx.budget, low,
             target=target, allocation=allocation, toggling=toggling,

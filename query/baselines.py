@@ -22,6 +22,9 @@ Stability) and 7 (BADGE, Core-Set).
 The query model of badge / coreset / noise-stability is ``params['query-model']``
 (global | local | local-only), as ``entropy`` (``query/simple.py``).
 
+``badge-variant``, ``noise-stability-variant`` and ``logo-variant`` select the
+AHFAL paper's own versions of these three methods (:mod:`query.baseline_variants`).
+
 Every selector refuses NaN model outputs with a ValueError naming the model:
 a diverged model must not silently drive a label purchase.
 
@@ -47,7 +50,8 @@ from torch import nn
 
 from fal_shared.settings.baselines import BaselineSettings
 from query.base import PoolContext, Selector, random_pool_subset, register_selector
-from query.kernels import DenseFeatures, GradientEmbeddings, entropy, k_center_greedy, kmeans_pp_seeding
+from query.baseline_variants import InputGradient, feature_noise_scores, kmeans_closest
+from query.kernels import DenseFeatures, GradientEmbeddings, entropy, k_center_greedy, kmeans_pp_seeding, top_k
 
 __all__ = [
     "BadgeSelector",
@@ -112,6 +116,10 @@ class BadgeSelector(Selector):
 
     def select(self, ctx: PoolContext) -> np.ndarray:
         kind = query_model_kind(ctx.params)
+        if baseline_settings(ctx.params).badge_variant == "input-gradient-kmeans":
+            pred = ctx.models.predict(InputGradient(ctx.models.model(kind)), ctx.models.x_pool)
+            grads = check_finite(pred.features, f"badge: input gradients of the {kind} model")
+            return kmeans_closest(grads, ctx.budget, int(ctx.rng.integers(2**31 - 1)))
         pred = ctx.models.pool(kind)
         probs = check_finite(pred.outputs, f"badge: probabilities of the {kind} model")
         feats = check_finite(pred.features, f"badge: features of the {kind} model")
@@ -242,6 +250,14 @@ class NoiseStabilitySelector(Selector):
         size = len(subset)
         generator = torch.Generator(device="cpu")
         generator.manual_seed(int(ctx.rng.integers(2**62)))
+        ctx.diagnostics["noise-stability-subset"] = int(size)
+        if settings.noise_stability_variant == "feature-topk":
+            scores = feature_noise_scores(
+                ctx.models.model(kind), ctx.models.x_pool[subset], ctx.models.predict,
+                num_copies=settings.noise_stability_num_copies, relative_scale=settings.noise_stability_noise_scale,
+                generator=generator,
+            )
+            return subset[top_k(check_finite(scores, f"noise-stability: feature deviations of the {kind} model"), ctx.budget)]
         z = noise_deviations(
             ctx.models.model(kind),
             ctx.models.x_pool[subset],
@@ -251,7 +267,6 @@ class NoiseStabilitySelector(Selector):
             generator=generator,
             what=f"noise-stability: outputs of the {kind} model",
         )
-        ctx.diagnostics["noise-stability-subset"] = int(size)
         ctx.diagnostics["noise-stability-mean-deviation"] = float(np.linalg.norm(z, axis=1).mean()) if len(z) else 0.0
         picks = k_center_greedy(DenseFeatures(z), ctx.budget)
         return subset[picks]
@@ -324,11 +339,16 @@ class LoGoSelector(Selector):
 
     def select(self, ctx: PoolContext) -> np.ndarray:
         settings = baseline_settings(ctx.params)
-        local = ctx.models.pool("local-only")
-        p_local = check_finite(local.outputs, "logo: probabilities of the local-only model")
-        h_local = check_finite(local.features, "logo: features of the local-only model")
+        if settings.logo_variant == "local-features":  # the AHFAL paper's version (query.baseline_variants)
+            z = check_finite(ctx.models.pool("local").features, "logo: features of the local model")
+        else:
+            local = ctx.models.pool("local-only")
+            p_local = check_finite(local.outputs, "logo: probabilities of the local-only model")
+            h_local = check_finite(local.features, "logo: features of the local-only model")
+            # float64 as the authors' KMeans sees it (they pass a torch tensor, which sklearn converts to
+            # float64); float32 clustering ends in another local optimum for 2 of 20 seeds on the parity fixture
+            z = ((1.0 - p_local.max(axis=1))[:, None] * h_local).astype(np.float64)
         p_global = check_finite(ctx.models.pool("global").outputs, "logo: probabilities of the global model")
-        z = (1.0 - p_local.max(axis=1))[:, None] * h_local
         labels = logo_kmeans(z, ctx.budget, settings, ctx.rng)
         ctx.diagnostics["logo-clusters-found"] = int(len(np.unique(labels)))
         return logo_cluster_pick(labels, entropy(p_global), ctx.budget)

@@ -50,6 +50,7 @@ __all__ = [
     "QueryModelChoice",
     "TwoStageResult",
     "class_balanced_mean",
+    "oversampled_indices",
     "local_global_divergence",
     "imbalance_indicator",
     "client_statistics",
@@ -65,6 +66,8 @@ __all__ = [
 #: Added to the denominator of every term of d_i; a term is 0/0 only when both mean
 #: probabilities of a class are exactly 0 (spec 2.4). Not a paper constant.
 DIVERGENCE_EPS = 1e-12
+#: Seed of the authors' class-balanced resample (FAIR strategy.py make_balanced_indices(seed=42)).
+OVERSAMPLE_SEED = 42
 #: The selection round's parameter carrying the server's mean g (sent by ``strategies/fairfal.py``).
 G_BAR_PARAM = "fairfal-g-bar"
 
@@ -92,13 +95,42 @@ def _probs(p: ArrayLike, name: str) -> NDArray[np.float64]:
 # ---------------------------------------------------------------- statistics (phase A)
 
 
-def class_balanced_mean(probs: ArrayLike, labels: ArrayLike, num_classes: int) -> NDArray[np.float64]:
+def oversampled_indices(labels: ArrayLike, seed: int = OVERSAMPLE_SEED) -> NDArray[np.intp]:
+    """Rows of a class-balanced resample of ``labels``, as the authors draw it (``fairfal-balanced-mean=oversample``).
+
+    Re-implements the behaviour of ``make_balanced_indices`` (FAIR ``query_strategies/strategy.py``):
+    one ``numpy.random.default_rng(seed)``; classes in increasing order; the largest classes
+    contribute a permutation of their rows (``choice(size=n, replace=False)``), every other class
+    all its rows plus ``max - n`` rows drawn with replacement. The final shuffle of theirs is left
+    out: it cannot change a mean. Same seed, same labels (in the same order): the same rows.
+    """
+    y = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    if classes.size == 0:
+        return np.zeros(0, dtype=np.intp)
+    target = counts.max()
+    rows = []
+    for c, n in zip(classes, counts):
+        idx = np.flatnonzero(y == c)
+        if n >= target:
+            rows.append(rng.choice(idx, size=target, replace=False))
+        else:
+            rows.append(np.concatenate([idx, rng.choice(idx, size=target - n, replace=True)]))
+    return np.concatenate(rows).astype(np.intp)
+
+
+def class_balanced_mean(
+    probs: ArrayLike, labels: ArrayLike, num_classes: int, *, mode: str = "class-mean"
+) -> NDArray[np.float64]:
     """Class-balanced mean prediction on a labeled set (spec 2.2 step 2).
 
-    ``p = (1/|C_i|) sum_{c in C_i} mean_{x: y=c} probs(x)``, where ``C_i`` are the classes
-    present in ``labels``. This is the deterministic equivalent of the authors'
+    ``mode="class-mean"``: ``p = (1/|C_i|) sum_{c in C_i} mean_{x: y=c} probs(x)``, where ``C_i``
+    are the classes present in ``labels``: the deterministic equivalent of the authors'
     ``predict_balanced_prob_mean`` (every present class oversampled with replacement to the
     size of the largest one, rng seed 42), without its sampling noise.
+    ``mode="oversample"``: the mean over the authors' resample (:func:`oversampled_indices`),
+    which reproduces their d_i and g_i (up to float32 summation order).
 
     Returns
     -------
@@ -111,6 +143,10 @@ def class_balanced_mean(probs: ArrayLike, labels: ArrayLike, num_classes: int) -
     y = _labels(labels, p.shape[0], num_classes, "labels")
     if y.size == 0:
         raise ValueError("the labeled set is empty: class-balanced means need at least one labeled sample.")
+    if mode == "oversample":
+        return p[oversampled_indices(y)].mean(axis=0)
+    if mode != "class-mean":
+        raise ValueError(f"fairfal-balanced-mean must be 'class-mean' or 'oversample', got {mode!r}.")
     counts = np.bincount(y, minlength=num_classes)
     sums = np.zeros((num_classes, num_classes))
     np.add.at(sums, y, p)
@@ -160,11 +196,11 @@ class ClientStatistics:
 
 
 def client_statistics(
-    probs_global: ArrayLike, probs_local: ArrayLike, labels: ArrayLike, num_classes: int
+    probs_global: ArrayLike, probs_local: ArrayLike, labels: ArrayLike, num_classes: int, *, mode: str = "class-mean"
 ) -> ClientStatistics:
-    """Steps 2-4 from the two models' softmax outputs on the labeled set."""
-    pg = class_balanced_mean(probs_global, labels, num_classes)
-    pl = class_balanced_mean(probs_local, labels, num_classes)
+    """Steps 2-4 from the two models' softmax outputs on the labeled set (``mode``: see :func:`class_balanced_mean`)."""
+    pg = class_balanced_mean(probs_global, labels, num_classes, mode=mode)
+    pl = class_balanced_mean(probs_local, labels, num_classes, mode=mode)
     present = np.flatnonzero(np.bincount(np.asarray(labels, dtype=np.intp), minlength=num_classes))
     return ClientStatistics(pg, pl, local_global_divergence(pg, pl), imbalance_indicator(pg, present))
 
@@ -371,7 +407,7 @@ class FairFALSelector(Selector):
         C, models, clock = ctx.num_classes, ctx.models, time.perf_counter()
 
         lab_g, lab_l = models.labeled("global"), models.labeled("local-only")
-        stats = client_statistics(lab_g.outputs, lab_l.outputs, ctx.labeled_y, C)
+        stats = client_statistics(lab_g.outputs, lab_l.outputs, ctx.labeled_y, C, mode=st.fairfal_balanced_mean)
         choice = choose_query_models(
             stats.divergence, g_bar, t=st.fairfal_t,
             ratio_threshold=st.fairfal_ratio_threshold, g_bar_threshold=st.fairfal_g_bar_threshold,

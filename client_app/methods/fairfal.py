@@ -46,6 +46,7 @@ def fairfal_stats(session: ClientSession, content: RecordDict) -> RecordDict:
             session.predict(local_only, x).outputs,
             y,
             session.data.num_classes,
+            mode=session.cfg.fairfal_balanced_mean,
         )
         result["g"] = stats.g
     metrics["compute-seconds"] = time.perf_counter() - start

@@ -28,9 +28,10 @@ class AhfalSettings(SettingsBase):
         "paper", "ahfal-allocation",
         "AHFAL: class budgets. paper = Eq. (4): b_c proportional to 1 for classes the client has no label of, else "
         "1/n_ic; integer by largest remainder; a pseudo-class bucket's shortfall goes to the other classes in proportion "
-        "to their weights. reference = the authors' code: representation ratio n_ic / size(L_i) / target_c with missing "
-        "classes first and 50/30/20 % tiers.",
-        source="AHFAL Sec. 6.1 Eq. (4); dgitj/FAL query_strategies/ahfal.py:compute_target_counts",
+        "to their weights. reference = the authors' code: representation ratio m_ic / size(L_i) / target_c, where m_ic "
+        "counts the labeled samples the GLOBAL model predicts as c (not their true labels), with missing classes "
+        "(m_ic = 0) first and 50/30/20 % tiers.",
+        source="AHFAL Sec. 6.1 Eq. (4); dgitj/FAL query_strategies/ahfal.py:compute_target_counts, select_samples step 2",
     )
     ahfal_target: Literal["mean", "pooled"] = setting(
         "mean", "ahfal-target",

@@ -52,3 +52,13 @@ class FairfalSettings(SettingsBase):
         "queries skip the statistics round); refresh: a statistics round every query.",
         source="FAIR main.py (mean_global_ratio computed once); spec 2.2 step 5",
     )
+    fairfal_balanced_mean: Literal["class-mean", "oversample"] = setting(
+        "class-mean", "fairfal-balanced-mean",
+        "Class-balanced mean predictions on the labeled set (for d_i and g_i). class-mean: the mean over the "
+        "classes present of each class's mean prediction (deterministic). oversample: the authors' estimate, "
+        "every class resampled with replacement to the largest class's size (numpy default_rng(42)); it "
+        "reproduces their d_i and g_i exactly, which differ from class-mean by sampling noise (0.007 in d_i, "
+        "0.013 in g_i on the parity fixture) and can move a client across the 0.75 / 0.5 thresholds.",
+        source="FAIR query_strategies/strategy.py predict_balanced_prob_mean, make_balanced_indices(seed=42); "
+               "spec 2.2 step 2",
+    )
