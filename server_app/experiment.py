@@ -135,9 +135,9 @@ class Experiment(NodeMembership):
         num_outputs = next(iter(self.clients.values())).num_classes
         return build_model(self.model_name, input_shape=shape, num_outputs=num_outputs, seed=seed)
 
-    def recompute_batchnorm(self, arrays: ArrayRecord) -> ArrayRecord:
+    def recompute_batchnorm(self, arrays: ArrayRecord, cycle: int = 0) -> ArrayRecord:
         """Install the clients' pooled BatchNorm statistics of ``arrays`` (see fal_shared.batchnorm)."""
-        content = RecordDict({"global-model": arrays, "config": ConfigRecord({})})
+        content = RecordDict({"global-model": arrays, "config": ConfigRecord({"cycle": cycle})})
         # A site lost since its last training reply is left out, as in a FedAvg round (train-min-fraction).
         replies = self.messenger.send("query.bn_stats", {p: content for p in self.clients}, skip_lost=True)
         if len(replies) < self.min_train_replies():
@@ -304,7 +304,7 @@ class Experiment(NodeMembership):
             seconds["train-client-compute-sum"] = float(np.sum(fedavg.client_seconds))
             if cfg.bn_statistics == "recompute" and self.has_batchnorm:
                 t0 = time.perf_counter()
-                arrays = self.recompute_batchnorm(arrays)
+                arrays = self.recompute_batchnorm(arrays, cycle)
                 seconds["bn-statistics"] = time.perf_counter() - t0
         else:  # nothing to train on (FedAvg would divide by zero examples) or a closed-form strategy
             rounds = 0
