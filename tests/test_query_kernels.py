@@ -331,6 +331,21 @@ def test_top_k_stable_ties():
     np.testing.assert_array_equal(top_k(np.array([0, 5, 5, 1], dtype=np.uint8), 2), [1, 2])
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int64, np.uint8])
+def test_top_k_of_a_small_budget_equals_the_full_stable_sort(dtype):
+    """The linear-time path (k < n / 4) picks the same indices in the same order as sorting everything."""
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        n = int(rng.integers(8, 400))
+        scores = rng.integers(0, 6, size=n).astype(dtype)  # many ties
+        if dtype in (np.float64, np.float32) and trial % 3 == 0:
+            scores[rng.integers(0, n, size=3)] = np.inf
+            scores[rng.integers(0, n, size=3)] = -np.inf
+        full = (n - 1 - np.argsort(scores[::-1], kind="stable")[::-1]).astype(np.intp)
+        for k in {1, 2, n // 8, n // 4 - 1, n // 4, n - 1, n}:
+            np.testing.assert_array_equal(top_k(scores, k), full[:k])
+
+
 def test_top_k_rejects_nan_and_bad_args():
     with pytest.raises(ValueError, match="NaN.*index 2"):
         top_k(np.array([0.1, 0.5, np.nan, 0.3]), 2)
