@@ -19,6 +19,8 @@ Axes::
     python benchmarks/scaling.py --axis clients --clients 10,100,1000 --runtimes inprocess,simulation
     # the ClientApp's CPU overhead per message at K clients
     python benchmarks/scaling.py --axis overhead --clients 10,100,1000
+    # the BatchNorm round: bn-statistics-samples 1024 (default) vs 0 (whole partition), 3 seeds
+    python benchmarks/scaling.py --axis bn --bn-samples 1024,0 --seeds 0,1,2
 
 On a shared machine pin it: ``/work/bin/core-slot .venv/bin/python benchmarks/scaling.py ...``,
 and read CPU seconds rather than wall time. Results and how to read them: docs/scale/scaling.md.
@@ -46,7 +48,8 @@ from benchmarks.scaling_points import POOL_SELECTORS  # noqa: E402
 
 #: Per axis: the parameter that grows, and the measured values whose growth is fitted.
 GROWS = {"pool": "n", "budget": "budget", "fedsvd": "n", "fale": "n", "clients-inprocess": "k",
-         "clients-simulation": "k", "overhead": "k"}
+         "clients-simulation": "k", "overhead": "k", "bn": "seed"}
+NOT_FITTED = ("bn",)  # repeats (seeds), not a growing size
 FITTED = ("wall-seconds", "cpu-seconds", "selection-cpu-seconds", "peak-rss-mib", "peak-over-before-mib", "peak-pss-mib")
 
 
@@ -77,6 +80,9 @@ def points_of(args: argparse.Namespace) -> list[dict[str, Any]]:
                 for k in _ints(args.clients) for rt in args.runtimes.split(",")]
     if args.axis == "overhead":
         return [{"axis": "overhead", "k": k, "data-root": root} for k in _ints(args.clients)]
+    if args.axis == "bn":
+        return [{"axis": "bn", "samples": m, "seed": seed, "rounds": args.bn_rounds, "data-root": root}
+                for seed in _ints(args.seeds) for m in _ints(args.bn_samples)]
     raise SystemExit(f"unknown axis {args.axis}")
 
 
@@ -113,7 +119,7 @@ def fit_exponents(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per series and measured value: the slope of log(value) on log(size) (needs two sizes or more)."""
     by_series: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        if "error" not in row["result"]:
+        if "error" not in row["result"] and row["point"]["axis"] not in NOT_FITTED:
             by_series.setdefault(series_key(row["point"]), []).append(row)
     fits: dict[str, dict[str, float]] = {}
     for series, members in by_series.items():
@@ -142,15 +148,48 @@ def _cell(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+#: The columns printed per axis (dotted paths into a point's result).
+COLUMNS = {
+    "pool": ("wall-seconds", "cpu-seconds", "inference-cpu-seconds", "selection-cpu-seconds", "peak-rss-mib",
+             "peak-over-before-mib"),
+    "fedsvd": ("wall-seconds", "cpu-seconds", "peak-rss-mib", "peak-over-before-mib", "max-relative-singular-value-error"),
+    "fale": ("wall-seconds", "cpu-seconds", "peak-rss-mib", "peak-over-before-mib", "theta-relative-error"),
+    "clients-inprocess": ("wall-seconds", "cpu-seconds", "peak-rss-mib", "cycles.0.seconds.train",
+                          "cycles.0.per-message.train.wall-minus-compute-ms"),
+    "clients-simulation": ("wall-seconds", "cpu-seconds", "peak-pss-mib", "cycles.0.seconds.train",
+                           "cycles.0.per-message.train.wall-minus-compute-ms"),
+    "overhead": ("no-work-message.median-ms", "train-message-training.median-ms", "train-message-overhead.median-ms",
+                 "train-message-overhead.p90-ms"),
+    "bn": ("accuracy", "seconds.train", "seconds.bn-statistics", "bn-share-of-training", "cpu-seconds"),
+}
+COLUMNS["budget"] = COLUMNS["pool"]
+
+
+def _get(result: dict[str, Any], path: str) -> Any:
+    value: Any = result
+    for part in path.split("."):
+        if isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        elif isinstance(value, dict) and part in value:
+            value = value[part]
+        else:
+            return ""
+    return value
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def print_table(rows: list[dict[str, Any]], fits: dict[str, dict[str, float]]) -> None:
-    cols = ("wall-seconds", "cpu-seconds", "selection-cpu-seconds", "peak-rss-mib", "peak-over-before-mib",
-            "peak-pss-mib")
-    print("\n" + " | ".join(["point", *cols]))
-    for row in rows:
-        res = row["result"]
-        label = series_key(row["point"]) + f" {GROWS[row['point']['axis']]}={row['point'][GROWS[row['point']['axis']]]}"
-        cells = [res["error"]] if "error" in res else [_cell(res.get(c, "")) for c in cols]
-        print(" | ".join([label, *cells]))
+    for axis in dict.fromkeys(r["point"]["axis"] for r in rows):
+        cols = COLUMNS[axis]
+        print("\n" + " | ".join(["point", *cols]))
+        for row in (r for r in rows if r["point"]["axis"] == axis):
+            res, grow = row["result"], GROWS[axis]
+            label = series_key(row["point"]) + f" {grow}={row['point'][grow]}"
+            cells = [res["error"]] if "error" in res else [_cell(_get(res, c)) for c in cols]
+            print(" | ".join([label, *cells]))
     if fits:
         print("\nfitted exponent b of cost ~ size^b:")
         for series, metrics in fits.items():
@@ -159,7 +198,7 @@ def print_table(rows: list[dict[str, Any]], fits: dict[str, dict[str, float]]) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--axis", required=True, choices=["pool", "budget", "fedsvd", "clients", "overhead"])
+    parser.add_argument("--axis", required=True, choices=["pool", "budget", "fedsvd", "clients", "overhead", "bn"])
     parser.add_argument("--out", type=Path, help="results file (JSON); default scaling-<axis>.json here")
     parser.add_argument("--fresh", action="store_true", help="measure again the points already in --out")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per point")
@@ -177,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtimes", default="inprocess,simulation", help="clients: inprocess and/or simulation")
     parser.add_argument("--rounds", type=int, default=2, help="clients: FedAvg rounds per cycle")
     parser.add_argument("--cycles", type=int, default=1, help="clients: cycles")
+    parser.add_argument("--bn-samples", default="1024,0", help="bn: bn-statistics-samples values (0 = whole partition)")
+    parser.add_argument("--seeds", default="0,1,2", help="bn: seeds")
+    parser.add_argument("--bn-rounds", type=int, default=5, help="bn: FedAvg rounds of the cycle")
     args = parser.parse_args(argv)
 
     out = args.out or Path(f"scaling-{args.axis}.json")
@@ -193,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [r for r in rows if _key(r["point"]) != _key(point)] + [{"point": point, "result": result}]
         fits = fit_exponents(rows)
         out.write_text(json.dumps({"machine": machine(), "rows": rows, "fits": fits}, indent=1))
-        brief = {k: result[k] for k in ("wall-seconds", "cpu-seconds", "peak-rss-mib", "error") if k in result}
+        brief = {c: _get(result, c) for c in ("error", *COLUMNS[point["axis"]]) if _get(result, c) != ""}
         print(f"[scaling]   {brief}", flush=True)
     print_table(rows, fit_exponents(rows))
     return 0

@@ -10,7 +10,9 @@ Three kinds of point, each run in a process of its own by ``scaling.py``:
   ``1/m`` in each, so torch's libraries are not counted once per Ray worker), sampled every 0.5 s
   (psutil); CPU seconds are summed over them;
 * ``overhead``: the ClientApp's CPU overhead per message at ``K`` clients
-  (:func:`client_overhead`), without Flower's transport.
+  (:func:`client_overhead`), without Flower's transport;
+* ``bn``: the BatchNorm statistics round's share of training and the accuracy after it, for a
+  ``bn-statistics-samples`` value and a seed (:func:`bn_point`).
 
 The run (:func:`clients_config`): full MNIST split iid over ``K`` clients, 10 % labels, entropy,
 ``rounds`` FedAvg rounds x 1 local epoch, ``cycles`` cycles (a cycle = its rounds, the BatchNorm
@@ -31,7 +33,7 @@ from typing import Any
 
 from benchmarks.scaling_points import Clock
 
-__all__ = ["client_overhead", "clients_config", "inprocess_clients_point", "simulation_clients_point"]
+__all__ = ["bn_point", "client_overhead", "clients_config", "inprocess_clients_point", "simulation_clients_point"]
 
 
 def clients_config(k: int, data_root: str, out: str, *, rounds: int = 2, cycles: int = 1) -> dict[str, Any]:
@@ -77,6 +79,35 @@ def inprocess_clients_point(k: int, data_root: str, rounds: int = 2, cycles: int
         results = run_inprocess(clients_config(k, data_root, out, rounds=rounds, cycles=cycles))
     return {"wall-seconds": c.wall, "cpu-seconds": c.cpu,
             "peak-rss-mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **run_summary(results)}
+
+
+def bn_point(samples: int, seed: int, data_root: str, *, rounds: int = 5, model: str = "resnet8") -> dict[str, Any]:
+    """One cycle of the issue's BN setting, in-process: 10 clients, full MNIST, 10 % labels, ``rounds`` x 1 epoch.
+
+    ``bn-statistics-samples = samples`` (0: each client's whole partition, the behaviour before the
+    setting existed). Strategy ``random``, so the query costs nothing beside the rounds measured.
+    """
+    from server_app.inprocess import run_inprocess
+
+    out = tempfile.mkdtemp(prefix=f"fal-scaling-bn{samples}-s{seed}-")
+    cfg = {
+        "dataset": "mnist", "data-root": data_root, "model": model, "strategy": "random", "partition": "iid",
+        "num-clients": 10, "rounds-per-cycle": rounds, "local-epochs": 1, "num-cycles": 1, "seed": seed,
+        "bn-statistics": "recompute", "bn-statistics-samples": samples,
+        "output-dir": out + "/out", "state-dir": out + "/state", "run-name": f"bn{samples}-s{seed}",
+    }
+    with Clock() as c:
+        results = run_inprocess(cfg)
+    cycle = results["cycles"][0]
+    seconds = cycle["seconds"]
+    compute = cycle.get("summaries", {}).get("client-compute-seconds", {})
+    return {
+        "wall-seconds": c.wall, "cpu-seconds": c.cpu, "status": results["status"],
+        "accuracy": cycle["evaluation"]["accuracy"], "seconds": seconds,
+        "bn-share-of-training": seconds["bn-statistics"] / seconds["train"],
+        "bn-client-compute-sum": compute.get("query.bn_stats", {}).get("sum"),
+        "train-client-compute-sum": compute.get("train", {}).get("sum"),
+    }
 
 
 def _toml_value(value: Any) -> str:

@@ -217,6 +217,8 @@ def run_point(point: dict[str, Any]) -> dict[str, Any]:
         return clients.simulation_clients_point(p["k"], p["data-root"], p.get("rounds", 2), p.get("cycles", 1))
     if axis == "overhead":
         return clients.client_overhead(p["k"], dataset="mnist", data_root=p["data-root"])
+    if axis == "bn":
+        return clients.bn_point(p["samples"], p["seed"], p["data-root"], rounds=p.get("rounds", 5))
     raise ValueError(f"unknown axis {axis!r}")
 
 
