@@ -147,8 +147,8 @@ class TrainingSettings(_Base):
     bn_statistics: Literal["recompute", "average"] = setting(
         "recompute", "bn-statistics",
         "BatchNorm running statistics of the models used in eval mode (evaluation, scoring). recompute: after each "
-        "cycle's FedAvg rounds the clients run the global model over their own data and send per-channel moment "
-        "sums, the server installs the pooled mean and variance (and a client's local / local-only model gets its "
+        "cycle's FedAvg rounds the clients run the global model over their own data (a seeded subset of "
+        "bn-statistics-samples per client) and send per-channel moment sums, the server installs the pooled mean and variance (and a client's local / local-only model gets its "
         "own data's statistics) - precise BN (Wu & Johnson 2021) made federated; average: the running buffers are "
         "averaged with the weights, as the LoGo, FairFAL and AHFAL reference code does. No effect on models without BatchNorm.",
         source="README 'Paper scale'; reference code: average",
