@@ -160,7 +160,8 @@ COLUMNS = {
                            "cycles.0.per-message.train.wall-minus-compute-ms"),
     "overhead": ("no-work-message.median-ms", "train-message-training.median-ms", "train-message-overhead.median-ms",
                  "train-message-overhead.p90-ms"),
-    "bn": ("accuracy", "seconds.train", "seconds.bn-statistics", "bn-share-of-training", "cpu-seconds"),
+    "bn": ("accuracy", "phase-cpu-seconds.train", "phase-cpu-seconds.bn-statistics", "bn-share-of-training",
+           "bn-share-of-training-wall", "cpu-seconds"),
 }
 COLUMNS["budget"] = COLUMNS["pool"]
 

@@ -75,24 +75,54 @@ def inprocess_clients_point(k: int, data_root: str, rounds: int = 2, cycles: int
     from server_app.inprocess import run_inprocess
 
     out = tempfile.mkdtemp(prefix=f"fal-scaling-k{k}-")
+    cfg = clients_config(k, data_root, out, rounds=rounds, cycles=cycles)
     with Clock() as c:
-        results = run_inprocess(clients_config(k, data_root, out, rounds=rounds, cycles=cycles))
+        results = run_inprocess(cfg)
     return {"wall-seconds": c.wall, "cpu-seconds": c.cpu,
-            "peak-rss-mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **run_summary(results)}
+            "peak-rss-mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "results-bytes": _size(Path(cfg["output-dir"]) / cfg["run-name"] / "results.json"), **run_summary(results)}
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def bn_point(samples: int, seed: int, data_root: str, *, rounds: int = 5, model: str = "resnet8") -> dict[str, Any]:
-    """One cycle of the issue's BN setting, in-process: 10 clients, full MNIST, 10 % labels, ``rounds`` x 1 epoch.
+    """The issue's BN setting, in-process: 10 clients, full MNIST, ResNet-8, 10 % labels, ``rounds`` x 1 epoch.
 
-    ``bn-statistics-samples = samples`` (0: each client's whole partition, the behaviour before the
-    setting existed). Strategy ``random``, so the query costs nothing beside the rounds measured.
+    One cycle (``num-cycles = 0``: the initial labels' FedAvg rounds, the BatchNorm statistics round, the
+    evaluation), strategy ``random``, ``bn-statistics-samples = samples`` (0: each client's whole
+    partition, the behaviour before the setting existed). Besides wall seconds, the CPU seconds of this
+    process (everything runs in it; torch on one thread) inside the FedAvg rounds and inside the
+    statistics round, which other jobs on a shared machine do not inflate.
     """
+    from server_app.experiment import Experiment
     from server_app.inprocess import run_inprocess
+    from server_app.rounds import CycleFedAvg
 
+    cpu = {"train": 0.0, "bn-statistics": 0.0}
+
+    def timed(cls: type, name: str, key: str) -> None:
+        real = getattr(cls, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            c0 = time.process_time()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                cpu[key] += time.process_time() - c0
+
+        setattr(cls, name, wrapper)
+
+    timed(CycleFedAvg, "start", "train")
+    timed(Experiment, "recompute_batchnorm", "bn-statistics")
     out = tempfile.mkdtemp(prefix=f"fal-scaling-bn{samples}-s{seed}-")
     cfg = {
         "dataset": "mnist", "data-root": data_root, "model": model, "strategy": "random", "partition": "iid",
-        "num-clients": 10, "rounds-per-cycle": rounds, "local-epochs": 1, "num-cycles": 1, "seed": seed,
+        "num-clients": 10, "rounds-per-cycle": rounds, "local-epochs": 1, "num-cycles": 0, "seed": seed,
         "bn-statistics": "recompute", "bn-statistics-samples": samples,
         "output-dir": out + "/out", "state-dir": out + "/state", "run-name": f"bn{samples}-s{seed}",
     }
@@ -100,13 +130,12 @@ def bn_point(samples: int, seed: int, data_root: str, *, rounds: int = 5, model:
         results = run_inprocess(cfg)
     cycle = results["cycles"][0]
     seconds = cycle["seconds"]
-    compute = cycle.get("summaries", {}).get("client-compute-seconds", {})
     return {
         "wall-seconds": c.wall, "cpu-seconds": c.cpu, "status": results["status"],
-        "accuracy": cycle["evaluation"]["accuracy"], "seconds": seconds,
-        "bn-share-of-training": seconds["bn-statistics"] / seconds["train"],
-        "bn-client-compute-sum": compute.get("query.bn_stats", {}).get("sum"),
-        "train-client-compute-sum": compute.get("train", {}).get("sum"),
+        "accuracy": cycle["evaluation"]["accuracy"], "seconds": seconds, "phase-cpu-seconds": cpu,
+        "bn-share-of-training": cpu["bn-statistics"] / cpu["train"],
+        "bn-share-of-training-wall": seconds["bn-statistics"] / seconds["train"],
+        "client-compute-seconds": cycle.get("summaries", {}).get("client-compute-seconds", {}),
     }
 
 
@@ -157,9 +186,13 @@ def simulation_clients_point(k: int, data_root: str, rounds: int = 2, cycles: in
         results = json.loads((folder / "results.json").read_text())
     except (OSError, ValueError):
         results = {"status": f"no results (fal-simulate exit {proc.returncode}); log {log}"}
+    lines = log.read_text(errors="replace").splitlines()
+    fal_lines = [line for line in lines if line.startswith("[FAL]")]
     return {"wall-seconds": wall, "cpu-seconds": sum(cpu.values()), "exit-code": proc.returncode,
             "peak-pss-mib": peak_pss / 2**20, "peak-rss-sum-mib": peak_rss / 2**20, "processes-seen": len(cpu),
-            "log": str(log), **run_summary(results)}
+            "log": str(log), "log-lines": len(lines), "fal-log-lines": len(fal_lines),
+            "longest-fal-log-line": max(map(len, fal_lines), default=0), "fal-log-sample": fal_lines[:12],
+            "results-bytes": _size(folder / "results.json"), **run_summary(results)}
 
 
 # ------------------------------------------------------------------------------ per-message overhead
