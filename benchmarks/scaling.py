@@ -183,14 +183,16 @@ def _cell(value: Any) -> str:
 
 
 def print_table(rows: list[dict[str, Any]], fits: dict[str, dict[str, float]]) -> None:
+    """Markdown tables (one per axis) of the rows, then the fitted exponents."""
     for axis in dict.fromkeys(r["point"]["axis"] for r in rows):
         cols = COLUMNS[axis]
-        print("\n" + " | ".join(["point", *cols]))
+        print(f"\n{axis}:\n\n| " + " | ".join(["point", *cols]) + " |")
+        print("|" + "---|" * (len(cols) + 1))
         for row in (r for r in rows if r["point"]["axis"] == axis):
             res, grow = row["result"], GROWS[axis]
-            label = series_key(row["point"]) + f" {grow}={row['point'][grow]}"
+            label = " ".join(f"{k}={v}" for k, v in sorted(row["point"].items()) if k not in ("axis", "data-root"))
             cells = [res["error"]] if "error" in res else [_cell(_get(res, c)) for c in cols]
-            print(" | ".join([label, *cells]))
+            print("| " + " | ".join([label, *cells]) + " |")
     if fits:
         print("\nfitted exponent b of cost ~ size^b:")
         for series, metrics in fits.items():
@@ -202,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--axis", required=True, choices=["pool", "budget", "fedsvd", "clients", "overhead", "bn"])
     parser.add_argument("--out", type=Path, help="results file (JSON); default scaling-<axis>.json here")
     parser.add_argument("--fresh", action="store_true", help="measure again the points already in --out")
+    parser.add_argument("--report", action="store_true", help="measure nothing: print the tables of --out")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per point")
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "datasets")
     parser.add_argument("--selectors", default="", help="pool/budget: comma-separated (default: all nine)")
@@ -227,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     doc = json.loads(out.read_text()) if out.exists() else {}
     rows = [] if args.fresh else doc.get("rows", [])
     done = {_key(r["point"]) for r in rows if "error" not in r["result"]}
+    if args.report:
+        print_table(rows, fit_exponents(rows))
+        return 0
     print(f"[scaling] axis {args.axis}; results {out}; points' stderr {log}", flush=True)
     for point in points_of(args):
         if _key(point) in done:
