@@ -144,10 +144,6 @@ def machine() -> dict[str, Any]:
             "memory-gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30}
 
 
-def _cell(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
 #: The columns printed per axis (dotted paths into a point's result).
 COLUMNS = {
     "pool": ("wall-seconds", "cpu-seconds", "inference-cpu-seconds", "selection-cpu-seconds", "peak-rss-mib",
