@@ -151,9 +151,12 @@ COLUMNS = {
     "fedsvd": ("wall-seconds", "cpu-seconds", "peak-rss-mib", "peak-over-before-mib", "max-relative-singular-value-error"),
     "fale": ("wall-seconds", "cpu-seconds", "peak-rss-mib", "peak-over-before-mib", "theta-relative-error"),
     "clients-inprocess": ("wall-seconds", "cpu-seconds", "peak-rss-mib", "cycles.0.seconds.train",
-                          "cycles.0.per-message.train.wall-minus-compute-ms"),
-    "clients-simulation": ("wall-seconds", "cpu-seconds", "peak-pss-mib", "cycles.0.seconds.train",
-                           "cycles.0.per-message.train.wall-minus-compute-ms"),
+                          "cycles.0.seconds.bn-statistics", "cycles.0.seconds.query",
+                          "cycles.0.per-message.train.wall-minus-compute-ms", "results-bytes", "cycles.1.accuracy"),
+    # two or more Ray actors run at once, so wall minus the clients' compute per message means nothing here
+    "clients-simulation": ("wall-seconds", "cpu-seconds", "peak-pss-mib", "processes-seen", "cycles.0.seconds.train",
+                           "cycles.0.seconds.bn-statistics", "cycles.0.seconds.query", "results-bytes",
+                           "longest-fal-log-line", "cycles.1.accuracy"),
     "overhead": ("no-work-message.median-ms", "train-message-training.median-ms", "train-message-overhead.median-ms",
                  "train-message-overhead.p90-ms"),
     "bn": ("accuracy", "phase-cpu-seconds.train", "phase-cpu-seconds.bn-statistics", "bn-share-of-training",
@@ -175,7 +178,9 @@ def _get(result: dict[str, Any], path: str) -> Any:
 
 
 def _cell(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}"  # 1440, not 1.44e+03
+    return str(value)
 
 
 def print_table(rows: list[dict[str, Any]], fits: dict[str, dict[str, float]]) -> None:
