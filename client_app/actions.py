@@ -22,7 +22,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client_app.session import ClientSession
 from fal_shared.registry import Registry
-from fal_shared.batchnorm import moment_sums
+from fal_shared.batchnorm import moment_sums, scaled_sums
 from fal_shared.objectives import build_objective
 from fal_shared.training import DEVICE_CACHE, evaluate, train_model
 from fal_shared.wire import config_of, int_list
@@ -85,15 +85,16 @@ def train_on(session: ClientSession, content: RecordDict, labeled: tuple, *, mai
         optimizer_state=optimizer_state, objective=objective,
         unlabeled=session.pool()[1] if objective.uses_unlabeled else None,
     )
+    arrays = ArrayRecord(model.state_dict())  # one serialisation for the reply and the node state
     if main:
         session.store_optimizer_state(cycle, report.optimizer_state)
-        session.store_local_model(model)
+        session.store_local_model(arrays)
     metrics = {
         "num-examples": len(y),
         "train-loss": float(report.final_loss) if len(y) else 0.0,
         "compute-seconds": time.perf_counter() - start,
     }
-    return RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
+    return RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
 
 
 def handle_evaluate(session: ClientSession, content: RecordDict) -> RecordDict:
@@ -164,22 +165,26 @@ def finish(session: ClientSession, content: RecordDict) -> RecordDict:
 
 @query_action("bn_stats")
 def bn_stats(session: ClientSession, content: RecordDict) -> RecordDict:
-    """Moment sums of the BatchNorm inputs of the received model over this client's whole partition.
+    """Moment sums of the BatchNorm inputs of the received model over this client's data.
 
-    Labeled and unlabeled samples alike (statistics need no labels). The reply
-    is per-channel count / sum / sum of squares per layer
-    (:func:`fal_shared.batchnorm.moment_sums`); the server pools them into the
-    global model's running statistics (``bn-statistics=recompute``).
+    Labeled and unlabeled samples alike (statistics need no labels), at most
+    ``bn-statistics-samples`` of them (a seeded subset, :meth:`ClientSession.bn_rows`),
+    scaled to the partition's size. The reply is per-channel count / sum / sum
+    of squares per layer (:func:`fal_shared.batchnorm.moment_sums`); the server
+    pools them into the global model's running statistics (``bn-statistics=recompute``).
     """
     start = time.perf_counter()
     model = session.model_from(content["global-model"])
+    rows = session.bn_rows(int(config_of(content).get("cycle", 0)))
     sums = moment_sums(
-        model, DEVICE_CACHE.get(session.data.x, session.device), batch_size=session.cfg.batch_size,
+        model, session.inputs(rows), batch_size=session.cfg.batch_size,
         device=session.device, normalize=session.data.normalize,
     )
+    if len(rows):
+        sums = scaled_sums(sums, len(session.data.ids) / len(rows))
     return RecordDict({
         "moments": ArrayRecord({k: Array(v) for k, v in sums.items()}),
-        "metrics": MetricRecord({"compute-seconds": time.perf_counter() - start}),
+        "metrics": MetricRecord({"compute-seconds": time.perf_counter() - start, "bn-samples": len(rows)}),
     })
 
 
@@ -188,7 +193,7 @@ def model_bank(session: ClientSession, content: RecordDict, x_pool: np.ndarray, 
     loaders = {}
     if "global-model" in content.array_records:
         loaders["global"] = lambda: session.model_from(content["global-model"])
-    loaders["local"] = session.local_model
+    loaders["local"] = lambda: session.local_model(cycle)
     loaders["local-only"] = lambda: session.local_only_model(cycle)
     return ModelBank(loaders, session.predict, x_pool, x_labeled)
 

@@ -8,6 +8,7 @@ disk, so nothing bought is ever only in memory.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,11 @@ from client_app.ledger import LabelLedger
 from client_app.node_state import NodeState
 from client_app.oracle import LabelRequest, Oracle, OracleUnavailable, PersonOracle
 from client_app.oracles import make_oracle
-from fal_shared.batchnorm import recompute_statistics
+from fal_shared.batchnorm import recompute_statistics, statistics_rows
 from fal_shared.config import RunConfig, parse_run_config
 from fal_shared.experiment_data import ClientData, client_data
 from fal_shared.heads import DEFAULT_HEAD, set_head
-from fal_shared.models import build_model
+from fal_shared.models import blank_model, build_model
 from fal_shared.training import DEVICE_CACHE, Prediction, TrainSettings, pick_device, predict, train_model
 
 __all__ = ["ClientSession", "INITIAL_TOKEN"]
@@ -35,10 +36,31 @@ INITIAL_TOKEN = "initial"
 LOCAL_MODEL_KEY = "local-model"
 LOCAL_ONLY_KEY = "local-only-model"
 OPTIMIZER_KEY = "optimizer-state"
+BN_SALT = 23  # seed salt of the BatchNorm statistics subset (query_seed)
 
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "run"
+
+
+_THREADS_LIMITED: tuple[int, int] | None = None  # (threads, modules loaded) of the last threadpool_limits call
+
+
+def limit_threads(threads: int) -> None:
+    """torch's threads and the numpy/scipy/sklearn BLAS and OpenMP pools: ``threads`` each.
+
+    Unlimited, the native pools oversubscribe the cores that simulated clients
+    share (LoGo's KMeans ran 7x slower). ``threadpool_limits`` scans the
+    process's loaded libraries (6-8 ms, a third of a small message's cost at
+    1,000 clients), so it runs again only when the limit changes or modules
+    were imported since (a selector's first import of sklearn loads its OpenMP).
+    """
+    global _THREADS_LIMITED
+    torch.set_num_threads(threads)
+    key = (threads, len(sys.modules))
+    if key != _THREADS_LIMITED:
+        threadpool_limits(threads)
+        _THREADS_LIMITED = (threads, len(sys.modules))
 
 
 class ClientSession:
@@ -56,10 +78,7 @@ class ClientSession:
                 f"node config lacks {err.args[0]!r}: start the SuperNode with "
                 '--node-config "partition-id=<i> num-partitions=<N>"'
             ) from None
-        torch.set_num_threads(self.cfg.client_threads)
-        # numpy/scipy/sklearn BLAS pools too: unlimited, they oversubscribe the
-        # cores that simulated clients share (LoGo's KMeans ran 7x slower).
-        threadpool_limits(self.cfg.client_threads)
+        limit_threads(self.cfg.client_threads)
         self.run_name = run_name
         self.data: ClientData = client_data(self.cfg, self.partition_id, self.num_partitions)
         node_state_dir = str(context.node_config.get("state-dir", ""))
@@ -194,15 +213,16 @@ class ClientSession:
         return set_head(model, head or self.cfg.resolved_head())
 
     def model_from(self, arrays: ArrayRecord, *, head: str | None = None) -> nn.Module:
-        model = self.new_model(head=head)
+        """A model holding ``arrays`` (a copy of a per-process template: its initial weights are overwritten)."""
+        model = blank_model(self.model_name, input_shape=self.data.input_shape, num_outputs=self.data.num_classes)
         model.load_state_dict(arrays.to_torch_state_dict())
-        return model
+        return set_head(model, head or self.cfg.resolved_head())
 
-    def store_local_model(self, model: nn.Module) -> None:
-        """Keep the model after local training, also on disk (a restarted node queries with it)."""
-        self.node_state.put(LOCAL_MODEL_KEY, ArrayRecord(model.state_dict()), durable=False)  # every round
+    def store_local_model(self, arrays: ArrayRecord) -> None:
+        """Keep the model after local training (its arrays, those of the reply), also on disk (a restarted node queries with it)."""
+        self.node_state.put(LOCAL_MODEL_KEY, arrays, durable=False)  # every round
 
-    def local_model(self) -> nn.Module:
+    def local_model(self, cycle: int = 0) -> nn.Module:
         """The client's model after its last local training (BN statistics of its own data, see bn-statistics)."""
         arrays = self.node_state.get_arrays(LOCAL_MODEL_KEY)
         if arrays is None:
@@ -210,13 +230,17 @@ class ClientSession:
                 "query-model=local needs the client's model from this cycle's local training, "
                 "but this node has not trained in this run"
             )
-        return self.with_own_statistics(self.model_from(arrays))
+        return self.with_own_statistics(self.model_from(arrays), cycle)
 
-    def with_own_statistics(self, model: nn.Module) -> nn.Module:
-        """With ``bn-statistics=recompute``: BatchNorm statistics of this client's whole partition."""
+    def bn_rows(self, cycle: int) -> np.ndarray:
+        """Partition rows the BatchNorm statistics of ``cycle`` are computed on (``bn-statistics-samples``, seeded)."""
+        return statistics_rows(len(self.data.ids), self.cfg.bn_statistics_samples, self.query_seed(cycle, BN_SALT))
+
+    def with_own_statistics(self, model: nn.Module, cycle: int = 0) -> nn.Module:
+        """With ``bn-statistics=recompute``: BatchNorm statistics of this client's data (:meth:`bn_rows`)."""
         if self.cfg.bn_statistics == "recompute":
             recompute_statistics(
-                model, DEVICE_CACHE.get(self.data.x, self.device), batch_size=self.cfg.batch_size,
+                model, self.inputs(self.bn_rows(cycle)), batch_size=self.cfg.batch_size,
                 device=self.device, normalize=self.data.normalize,
             )
         return model
@@ -266,10 +290,10 @@ class ClientSession:
             for old in [k for k in self.context.state if k.startswith(LOCAL_ONLY_KEY)]:
                 del self.context.state[old]
             seed = int(np.random.default_rng(self.query_seed(cycle, 17)).integers(2**31))
-            self.context.state[key] = ArrayRecord(self.train_local_only(seed).state_dict())
+            self.context.state[key] = ArrayRecord(self.train_local_only(seed, cycle).state_dict())
         return self.model_from(self.context.state[key], head=DEFAULT_HEAD)
 
-    def train_local_only(self, seed: int) -> nn.Module:
+    def train_local_only(self, seed: int, cycle: int = 0) -> nn.Module:
         """A model trained from scratch on the client's labels only (LoGo/FairFAL recipe).
 
         Always with cross-entropy (a softmax model), whatever the run's local
@@ -283,7 +307,7 @@ class ClientSession:
             early_stop_accuracy=cfg.local_only_stop_accuracy if self.data.task == "classification" else None,
         )
         train_model(model, x, y, settings, seed=seed, device=self.device, normalize=self.data.normalize)
-        return self.with_own_statistics(model)
+        return self.with_own_statistics(model, cycle)
 
     def predict(self, model: nn.Module, x: np.ndarray) -> Prediction:
         return predict(

@@ -25,11 +25,19 @@ secure summation could hide each client's share). Written here rather than
 with ``torch.optim.swa_utils.update_bn`` because that function averages
 per-batch variances with equal weight, which cannot be pooled across clients
 exactly.
+
+Cost (``bn-statistics-samples``): a client need not run its whole partition
+through the model. It draws a seeded random subset of ``m`` of its ``n``
+samples (:func:`statistics_rows`) and scales its sums by ``n / m``
+(:func:`scaled_sums`), so the pooled moments are an unbiased estimate of the
+union's, with every client weighted by its data size as before. Precise BN
+needs a few thousand samples in all, not a pass over all the data.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -39,6 +47,8 @@ from fal_shared.training import Normalize, _normalized, on_device
 
 __all__ = [
     "batchnorm_layers",
+    "scaled_sums",
+    "statistics_rows",
     "has_batchnorm",
     "moment_sums",
     "pooled_statistics",
@@ -111,6 +121,31 @@ def moment_sums(
         out[f"{name}.sum"] = s.cpu().numpy() if s is not None else np.zeros(channels)
         out[f"{name}.sumsq"] = sq.cpu().numpy() if sq is not None else np.zeros(channels)
     return out
+
+
+def statistics_rows(n: int, samples: int, seed: Sequence[int]) -> np.ndarray:
+    """Sorted positions of the rows (of ``n``) whose BatchNorm statistics a client computes.
+
+    ``samples`` rows drawn without replacement from ``numpy.random.default_rng(seed)``
+    (the same seed gives the same rows); all ``n`` rows when ``samples`` is 0 or
+    at least ``n`` (``bn-statistics-samples``).
+    """
+    if samples < 0:
+        raise ValueError(f"bn-statistics-samples must be >= 0, got {samples}")
+    if samples == 0 or samples >= n:
+        return np.arange(n, dtype=np.int64)
+    rng = np.random.default_rng([int(v) for v in seed])
+    return np.sort(rng.choice(n, size=samples, replace=False)).astype(np.int64)
+
+
+def scaled_sums(sums: dict[str, np.ndarray], factor: float) -> dict[str, np.ndarray]:
+    """Moment sums of a subsample scaled to stand for the whole partition (``factor`` = n / m).
+
+    Counts, sums and sums of squares all scale, so the client's mean and
+    variance are unchanged and its weight in :func:`pooled_statistics` is its
+    partition size.
+    """
+    return {k: v * factor for k, v in sums.items()}
 
 
 def pooled_statistics(parts: list[dict[str, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:

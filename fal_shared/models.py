@@ -28,6 +28,7 @@ Which models and why:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -35,7 +36,7 @@ from torch import nn
 from torchvision.models import mobilenet_v2
 from torchvision.models.resnet import BasicBlock
 
-__all__ = ["MODEL_NAMES", "build_model", "check_model_fits", "default_model_for"]
+__all__ = ["MODEL_NAMES", "blank_model", "build_model", "check_model_fits", "default_model_for"]
 
 
 class _FeatureHeadModel(nn.Module):
@@ -241,6 +242,23 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return factory()
+
+
+_TEMPLATES: dict[tuple[str, tuple[int, ...], int], nn.Module] = {}
+
+
+def blank_model(name: str, *, input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
+    """A model of this architecture whose weights the caller overwrites (``load_state_dict``).
+
+    A copy of a template built once per process (seed 0): every message that
+    receives a model needs one, and a copy skips the weight initialisation (a
+    third of a small message's model cost) and leaves the global torch RNG alone.
+    """
+    key = (name, tuple(input_shape), int(num_outputs))
+    template = _TEMPLATES.get(key)
+    if template is None:
+        template = _TEMPLATES[key] = build_model(name, input_shape=tuple(input_shape), num_outputs=num_outputs, seed=0)
+    return copy.deepcopy(template)
 
 
 def check_model_fits(name: str, *, input_shape: tuple[int, ...], num_outputs: int, dataset: str = "") -> None:

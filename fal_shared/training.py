@@ -360,22 +360,31 @@ def predict(
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     model.to(device).eval()
     x_dev = on_device(x, device)
-    logits_parts, feature_parts = [], []
-    for start in range(0, len(x_dev), batch_size):
+    n = len(x_dev)
+    # outputs written into arrays of the final size, allocated at the first batch (a list of
+    # batches and a torch.cat would hold them twice: 2 GiB of 256-wide features for a 1M pool)
+    logits_all: torch.Tensor | None = None
+    feats_all: torch.Tensor | None = None
+    for start in range(0, n, batch_size):
         xb = _normalized(x_dev[start : start + batch_size], normalize)
         with _autocast(device, precision):
             logits, features = model(xb)
-        logits_parts.append(logits.float())
-        if with_features:
-            feature_parts.append(features.float())
-    if logits_parts:
-        logits = torch.cat(logits_parts).cpu()
+        stop = start + len(xb)
+        if logits_all is None:
+            logits_all = torch.empty((n, *logits.shape[1:]), dtype=torch.float32, device=logits.device)
+            if with_features:
+                feats_all = torch.empty((n, *features.shape[1:]), dtype=torch.float32, device=features.device)
+        logits_all[start:stop] = logits.float()
+        if feats_all is not None:
+            feats_all[start:stop] = features.float()
+    if logits_all is not None:
+        logits = logits_all.cpu()
     else:  # empty input: shapes from a dry run are not worth it, keep 0 rows
         logits = torch.zeros((0, getattr(model.head, "out_features", 1)))
     feats = (
-        torch.cat(feature_parts).cpu().numpy()
-        if feature_parts
-        else np.zeros((len(x_dev), getattr(model, "feature_dim", 0)), dtype=np.float32)
+        feats_all.cpu().numpy()
+        if feats_all is not None
+        else np.zeros((n, getattr(model, "feature_dim", 0)), dtype=np.float32)
     )
     head = head_of(model)
     if task == "regression":

@@ -40,7 +40,7 @@ from sklearn.preprocessing import normalize
 
 from fal_shared.settings.fairfal import FairfalSettings
 from query.base import PoolContext, Selector, register_selector
-from query.distances import PointSet
+from query.distances import DEFAULT_MAX_BLOCK_ELEMS, PointSet
 from query.kernels import GradientEmbeddings, balanced_class_quotas, entropy, k_center_greedy, top_k
 
 __all__ = [
@@ -259,13 +259,15 @@ def class_prototypes(
 
 
 def prototype_pseudo_labels(
-    features: ArrayLike, prototypes: ArrayLike, counts: ArrayLike, *, temperature: float = 1.5
+    features: ArrayLike, prototypes: ArrayLike, counts: ArrayLike, *, temperature: float = 1.5,
+    max_block_elems: int = DEFAULT_MAX_BLOCK_ELEMS,
 ) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
     """Pseudo-labels by cosine similarity to the class prototypes; unseen classes masked.
 
     ``sim_c = <h/|h|, mu_c/|mu_c|>``, ``-inf`` where ``counts[c] == 0``; probabilities
     ``softmax(sim / temperature)``; the pseudo-label is the argmax (ties: lowest class), so
-    the temperature changes only the probabilities.
+    the temperature changes only the probabilities. Memory beyond the inputs: ``O(n C)``
+    plus a block of at most ``max_block_elems`` float64 features.
 
     Returns
     -------
@@ -273,7 +275,7 @@ def prototype_pseudo_labels(
     """
     if not temperature > 0:
         raise ValueError(f"`temperature` (fairfal-prototype-temperature) must be > 0, got {temperature}.")
-    h = np.asarray(features, dtype=np.float64)
+    h = np.asarray(features)
     mu = np.asarray(prototypes, dtype=np.float64)
     seen = np.asarray(counts) > 0
     if h.ndim != 2 or mu.ndim != 2 or h.shape[1] != mu.shape[1] or seen.shape != (mu.shape[0],):
@@ -282,7 +284,13 @@ def prototype_pseudo_labels(
         )
     if not seen.any():
         raise ValueError("no class has a prototype: the client has no labeled sample.")
-    sim = normalize(h) @ normalize(mu).T
+    mu_unit = normalize(mu).T
+    # float64 rows of h, normalised, in blocks of at most max_block_elems entries: a 1M x 256 pool
+    # would otherwise need two n x d float64 copies (4 GiB) beside its float32 features
+    rows = max(1, max_block_elems // max(h.shape[1], 1))
+    sim = np.empty((h.shape[0], mu.shape[0]))
+    for start in range(0, h.shape[0], rows):
+        sim[start : start + rows] = normalize(np.asarray(h[start : start + rows], dtype=np.float64)) @ mu_unit
     sim[:, ~seen] = -np.inf
     probs = softmax(sim / temperature, axis=1)
     return np.argmax(sim, axis=1).astype(np.intp), probs

@@ -35,6 +35,7 @@ from torch.distributions import Dirichlet
 from fal_shared.heads import evidential_alpha
 from query.base import PoolContext, Selector, random_pool_subset, register_selector
 from query.baselines import check_finite
+from query.distances import DEFAULT_MAX_BLOCK_ELEMS
 from query.kernels import top_k
 
 __all__ = ["FealSelector", "aleatoric_uncertainty", "epistemic_uncertainty", "feal_uncertainty", "diversity_relaxation"]
@@ -72,9 +73,11 @@ def diversity_relaxation(
     was selected before in this walk; otherwise it is skipped. Stops at
     ``budget`` picks. Neighbour sets do not depend on earlier picks, so they are
     found for ``block`` candidates at a time with one matrix product (never an
-    ``n x n`` matrix). Returns (picks in order, number skipped).
+    ``n x n`` matrix; at most ``DEFAULT_MAX_BLOCK_ELEMS`` similarities at once,
+    fewer candidates per block for a large pool). Returns (picks in order, number skipped).
     """
     n = len(features)
+    block = max(1, min(block, DEFAULT_MAX_BLOCK_ELEMS // max(n, 1)))
     f = np.asarray(features, dtype=np.float32)
     f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), np.finfo(np.float32).tiny)  # zero rows: no neighbours
     k = min(neighbors, n - 1)

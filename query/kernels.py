@@ -125,11 +125,26 @@ def top_k(scores: ArrayLike, k: int) -> NDArray[np.intp]:
             "NaN scores must not reach a selection."
         )
     n = s.shape[0]
-    # Descending and stable without negating (negation breaks unsigned ints):
-    # a stable ascending sort of the reversed array, read backwards, ranks equal
-    # scores by increasing original index.
+    if 0 < k < n // 4:
+        # Linear time for a budget much smaller than the pool (a 1M-sample pool, a budget of a few
+        # thousand): the k-th largest value by introselect, then a sort of only the candidates. The
+        # same indices in the same order as the full sort below: everything above the k-th largest
+        # value, and of the values equal to it the lowest indices.
+        kth = np.partition(s, n - k)[n - k]
+        above = np.flatnonzero(s > kth)
+        cand = np.sort(np.concatenate([above, np.flatnonzero(s == kth)[: k - len(above)]]))
+        return cand[_descending_stable(s[cand])].astype(np.intp)
+    return _descending_stable(s)[:k].astype(np.intp)
+
+
+def _descending_stable(s: NDArray) -> NDArray[np.intp]:
+    """Positions of ``s`` by descending value, equal values by increasing position.
+
+    Without negating (negation breaks unsigned ints): a stable ascending sort of
+    the reversed array, read backwards.
+    """
     order = np.argsort(s[::-1], kind="stable")[::-1]
-    return (n - 1 - order[:k]).astype(np.intp)
+    return len(s) - 1 - order
 
 
 # ---------------------------------------------------------------- diversity kernels

@@ -49,6 +49,7 @@ from fal_shared.config import RunConfig
 from fal_shared.experiment_data import test_data
 from fal_shared.heads import set_head
 from fal_shared.models import build_model, check_model_fits
+from fal_shared.summaries import compact_ids, per_client_text, summarize
 from fal_shared.training import DEVICE_CACHE, evaluate, pick_device
 from server_app.campaign import Campaign
 from server_app.checkpoint import Checkpoint
@@ -137,9 +138,9 @@ class Experiment(NodeMembership):
         num_outputs = next(iter(self.clients.values())).num_classes
         return build_model(self.model_name, input_shape=shape, num_outputs=num_outputs, seed=seed)
 
-    def recompute_batchnorm(self, arrays: ArrayRecord) -> ArrayRecord:
+    def recompute_batchnorm(self, arrays: ArrayRecord, cycle: int = 0) -> ArrayRecord:
         """Install the clients' pooled BatchNorm statistics of ``arrays`` (see fal_shared.batchnorm)."""
-        content = RecordDict({"global-model": arrays, "config": ConfigRecord({})})
+        content = RecordDict({"global-model": arrays, "config": ConfigRecord({"cycle": cycle})})
         # A site lost since its last training reply is left out, as in a FedAvg round (train-min-fraction).
         replies = self.messenger.send("query.bn_stats", {p: content for p in self.clients}, skip_lost=True)
         if len(replies) < self.min_train_replies():
@@ -301,7 +302,7 @@ class Experiment(NodeMembership):
             return
         missed = sorted(p for p, c in self.clients.items() if c.node_id not in replies or replies[c.node_id].has_error())
         if missed:
-            log.warning("[FAL] partition(s) %s did not confirm the end of the run; their node-state files stay", missed)
+            log.warning("[FAL] partition(s) %s did not confirm the end of the run; their node-state files stay", compact_ids(missed))
 
     def _train_and_evaluate(
         self, cycle: int, arrays: ArrayRecord, total_data: int,
@@ -310,6 +311,7 @@ class Experiment(NodeMembership):
         cfg = self.cfg
         before = self.meter.snapshot()
         seconds: dict[str, float] = {}
+        client_seconds: dict[str, dict[str, float | int]] = {}  # per message type: summary of the clients' compute
         self.refresh_nodes(wait=False)
         rounds = int(self.strategy.train_rounds(cycle))
         if rounds > 0 and any(c.labeled > 0 for c in self.clients.values()):
@@ -324,10 +326,13 @@ class Experiment(NodeMembership):
             arrays = result.arrays
             seconds["train"] = time.perf_counter() - t0
             seconds["train-client-compute-sum"] = float(np.sum(fedavg.client_seconds))
+            client_seconds["train"] = summarize(fedavg.client_seconds)
             if cfg.bn_statistics == "recompute" and self.has_batchnorm:
                 t0 = time.perf_counter()
-                arrays = self.recompute_batchnorm(arrays)
+                done = len(self.messenger.compute_seconds["query.bn_stats"])
+                arrays = self.recompute_batchnorm(arrays, cycle)
                 seconds["bn-statistics"] = time.perf_counter() - t0
+                client_seconds["query.bn_stats"] = summarize(self.messenger.compute_seconds["query.bn_stats"][done:])
         else:  # nothing to train on (FedAvg would divide by zero examples) or a closed-form strategy
             rounds = 0
             seconds["train"] = 0.0
@@ -343,6 +348,9 @@ class Experiment(NodeMembership):
             "labeled-per-client": {str(p): c.labeled for p, c in self.clients.items()},
             "train-rounds": rounds,
             "evaluation": evaluation,
+            # readable at 1,000 clients: the per-client entries above and below, summarised
+            "summaries": {"labeled-per-client": summarize([c.labeled for c in self.clients.values()]),
+                          "client-compute-seconds": client_seconds},
         }
         if cfg.record_label_histograms:
             record["labels-per-class-per-client"] = {str(p): c.label_histogram for p, c in self.clients.items()}
@@ -360,13 +368,19 @@ class Experiment(NodeMembership):
         seconds["query-client-compute-sum"] = float(sum(sum(v) for v in self.messenger.compute_seconds.values()))
         record["budgets"] = {str(p): b for p, b in phase.budgets.items()}
         record["selected-ids"] = {str(p): [int(i) for i in ids] for p, ids in phase.selected.items()}
+        summaries = record.setdefault("summaries", {})
+        summaries["budgets"] = summarize(phase.budgets)
+        summaries["selected-per-client"] = summarize([len(ids) for ids in phase.selected.values()])
+        summaries["selection-seconds"] = summarize(phase.selection_seconds)
+        summaries.setdefault("client-compute-seconds", {}).update(
+            {kind: summarize(values) for kind, values in self.messenger.compute_seconds.items() if values})
         record["strategy"] = phase.recorded
         return (phase.new_arrays if phase.new_arrays is not None else arrays), phase.pending
 
     def _log_cycle(self, record: dict[str, Any]) -> None:
         ev = record["evaluation"]
         metric = f"mse={ev['mse']:.4f}" if "mse" in ev else f"accuracy={ev['accuracy']:.4f}"
-        per_client = " ".join(f"{p}:{n}" for p, n in record["labeled-per-client"].items())
+        per_client = per_client_text(record["labeled-per-client"])
         msg = f"[FAL] cycle {record['cycle']}: {metric} labeled={record['labeled']} ({record['labeled-fraction']:.1%}) per client {per_client}"
         log.info(msg)
         print(msg, flush=True)

@@ -27,6 +27,7 @@ from typing import Any
 from flwr.app import ConfigRecord, RecordDict
 
 from fal_shared.config import RunConfig
+from fal_shared.summaries import LIST_AT_MOST, compact_ids, describe, summarize
 from fal_shared.wire import config_of
 from server_app.messaging import Messenger
 from strategies import ClientInfo
@@ -72,6 +73,7 @@ def wait_for_labels(
         content = RecordDict({"config": ConfigRecord({})})
         replies = messenger.send("query.labels", {p: content for p in waiting})
         polls += 1
+        round_notes: dict[str, list[int]] = {}  # note -> partitions that reported it in this poll
         for pid, reply in replies.items():
             r = config_of(reply, "result")
             info = clients[pid]
@@ -84,8 +86,10 @@ def wait_for_labels(
             if r.get("skipped-ids"):
                 skipped.setdefault(str(pid), []).extend(int(i) for i in r["skipped-ids"])
             for note in r.get("notes", []):
-                log.warning("partition %d: %s", pid, note)
                 notes.setdefault(str(pid), []).append(str(note))
+                round_notes.setdefault(str(note), []).append(pid)
+        for note, pids in round_notes.items():  # one line per distinct note, however many sites report it
+            log.warning("partition(s) %s: %s", compact_ids(pids), note)
         waiting = [p for p in waiting if pending[p] > 0]
         if not waiting:
             break
@@ -93,7 +97,8 @@ def wait_for_labels(
         if now >= deadline:
             done = len(clients) - len(waiting)
             need = math.ceil(cfg.label_wait_quorum * len(clients) - 1e-9)
-            counts = ", ".join(f"partition {p}: {pending[p]}" for p in waiting)
+            counts = (", ".join(f"partition {p}: {pending[p]}" for p in waiting) if len(waiting) <= LIST_AT_MOST else
+                      f"{len(waiting)} partitions ({compact_ids(waiting)}), {describe(summarize([pending[p] for p in waiting]))}")
             if done >= need:
                 late = list(waiting)
                 log.warning("label-wait-seconds over: %d of %d sites done (quorum %d); going on without the "
@@ -104,8 +109,8 @@ def wait_for_labels(
                 f"{done} of {len(clients)} sites are done, label-wait-quorum={cfg.label_wait_quorum:g} needs {need}. "
                 f"Nothing is lost: start the run again with run-name={run_name!r} to go on waiting"
             )
-        print(f"[FAL] waiting for labels: {sum(pending[p] for p in waiting)} pending at partition(s) "
-              f"{', '.join(map(str, waiting))}; next look in {min(cfg.label_poll_seconds, deadline - now):.0f} s",
+        print(f"[FAL] waiting for labels: {sum(pending[p] for p in waiting)} pending at {len(waiting)} partition(s) "
+              f"({compact_ids(waiting)}); next look in {min(cfg.label_poll_seconds, deadline - now):.0f} s",
               flush=True)
         sleep(min(cfg.label_poll_seconds, deadline - now))
     out: dict[str, Any] = {

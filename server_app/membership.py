@@ -14,6 +14,7 @@ import time
 
 from flwr.app import ConfigRecord, RecordDict
 
+from fal_shared.summaries import compact_ids
 from fal_shared.wire import config_of
 from server_app.messaging import ClientFailure, lost_reason
 from strategies import ClientInfo
@@ -136,10 +137,11 @@ class NodeMembership:
             if len(found) < need:
                 raise ClientFailure(
                     f"num-clients=0: {len(found)} of num-partitions={self.num_partitions} partitions connected within "
-                    f"node-wait-seconds={self.cfg.node_wait_seconds:g} (missing {missing}); train-min-fraction="
+                    f"node-wait-seconds={self.cfg.node_wait_seconds:g} (missing {compact_ids(missing)}); train-min-fraction="
                     f"{self.cfg.train_min_fraction:g} needs {need}"
                 )
-            log.warning("[FAL] starting without partition(s) %s: they join when their nodes connect", missing)
+            log.warning("[FAL] starting without %d partition(s) (%s): they join when their nodes connect", len(missing),
+                        compact_ids(missing))
         return found
 
     def refresh_nodes(self, wait: bool = True) -> None:

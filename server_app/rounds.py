@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fal_shared.summaries import LIST_AT_MOST, compact_ids
 from fal_shared.wire import config_of
 from server_app.messaging import ClientFailure, lost_reason
 
@@ -91,8 +92,13 @@ class CycleFedAvg(FedAvg):
                     + "; ".join(lost.values())
                 )
             for pid, reason in lost.items():
-                log.warning("[FAL] cycle %d round %d: %s; the round goes on without it", self.cycle, server_round, reason)
                 self.messenger.lost.append({"message-type": "train", "round": server_round, "partition": pid, "reason": reason})
+            if len(lost) <= LIST_AT_MOST:
+                for reason in lost.values():
+                    log.warning("[FAL] cycle %d round %d: %s; the round goes on without it", self.cycle, server_round, reason)
+            else:  # one line; every client's reason is in results.json (lost-clients)
+                log.warning("[FAL] cycle %d round %d: %d clients lost (partitions %s), e.g. %s; the round goes on "
+                            "without them", self.cycle, server_round, len(lost), compact_ids(lost), next(iter(lost.values())))
         self.client_seconds += [float(r.content["metrics"]["compute-seconds"]) for r in ordered]
         return super().aggregate_train(server_round, ordered)
 
@@ -148,6 +154,7 @@ class QueryPhase:
             "query.select", contents, skip_lost=self.cfg.query_missing_client == "skip",
         )
         this_round: dict[int, np.ndarray] = {}
+        notes: dict[str, list[int]] = {}  # note -> partitions that reported it
         for pid, reply in replies.items():
             result = config_of(reply, "result")
             ids = np.asarray(result.get("selected-ids", []), dtype=np.int64)
@@ -158,7 +165,7 @@ class QueryPhase:
             info.pool_size = int(result["pool-size"])
             self.pending[pid] = int(result.get("pending", 0))
             for note in result.get("notes", []):  # e.g. the labeling tool was unreachable: asked again later
-                log.warning("partition %d: %s", pid, note)
+                notes.setdefault(str(note), []).append(pid)
             if "label-histogram" in result:
                 info.label_histogram = [int(v) for v in result["label-histogram"]]
             metrics = reply.metric_records.get("metrics")
@@ -170,6 +177,8 @@ class QueryPhase:
             diag = {k[5:]: v for k, v in result.items() if k.startswith("diag-")}
             if diag:
                 self.recorded.setdefault("client-diagnostics", {})[str(pid)] = diag
+        for note, pids in notes.items():  # one line per distinct note, however many sites report it
+            log.warning("partition(s) %s: %s", compact_ids(pids), note)
         return this_round
 
     def record(self, key, value):

@@ -16,6 +16,7 @@ from fal_shared.batchnorm import (
     moment_sums,
     pooled_statistics,
     recompute_statistics,
+    statistics_rows,
 )
 from fal_shared.config import RunConfig, parse_run_config
 from fal_shared.experiment_data import client_data
@@ -91,20 +92,26 @@ def test_install_statistics_names_a_missing_buffer():
         install_statistics({}, {"bn": (np.zeros(2), np.ones(2))})
 
 
-def test_statistics_round_installs_the_pooled_moments_of_every_clients_data(small_run, shared_datasets):
-    """The server's global model gets, for its first BN layer, the exact moments of conv1 over all client data."""
-    overrides = {**small_run, "dataset": "mnist", "data-root": str(shared_datasets / "mnist"), "model": "resnet8",
-                 "train-subset-size": 300, "test-subset-size": 100, "partition": "dirichlet", "alpha": 0.1}
-    run_config = {**RunConfig().to_flower(), **overrides, "num-clients": 3}
+def _three_client_experiment(small_run, shared_datasets, name, overrides):
+    """An Experiment over 3 Dirichlet MNIST clients (ResNet-8), its fresh model's arrays, that model and the partitions."""
+    run_config = {**RunConfig().to_flower(), **small_run, "dataset": "mnist", "data-root": str(shared_datasets / "mnist"),
+                  "model": "resnet8", "test-subset-size": 100, "partition": "dirichlet", **overrides, "num-clients": 3}
     grid = InProcessGrid(client_app, run_config, [{"partition-id": i, "num-partitions": 3} for i in range(3)])
     cfg = parse_run_config(run_config)
-    exp = Experiment(grid, cfg, run_name="bn", recorder=ResultsRecorder(Path(small_run["output-dir"]) / "bn", run_name="bn", config=run_config))
+    recorder = ResultsRecorder(Path(small_run["output-dir"]) / name, run_name=name, config=run_config)
+    exp = Experiment(grid, cfg, run_name=name, recorder=recorder)
     exp.discover()
     arrays = exp.fresh_model(0)
-    state = exp.recompute_batchnorm(arrays).to_torch_state_dict()
     model = build_model("resnet8", input_shape=(1, 28, 28), num_outputs=10)
     model.load_state_dict(arrays.to_torch_state_dict())
-    parts = [client_data(cfg, i, 3) for i in range(3)]
+    return exp, cfg, arrays, model, [client_data(cfg, i, 3) for i in range(3)]
+
+
+def test_statistics_round_installs_the_pooled_moments_of_every_clients_data(small_run, shared_datasets):
+    """The server's global model gets, for its first BN layer, the exact moments of conv1 over all client data."""
+    exp, cfg, arrays, model, parts = _three_client_experiment(
+        small_run, shared_datasets, "bn", {"train-subset-size": 300, "alpha": 0.1})
+    state = exp.recompute_batchnorm(arrays).to_torch_state_dict()
     with torch.no_grad():
         conv1 = torch.cat([model.body[0](to_tensor(p.x, CPU, p.normalize)) for p in parts]).double()
     np.testing.assert_allclose(state["body.1.running_mean"].numpy(), conv1.mean((0, 2, 3)).numpy(), rtol=1e-5, atol=1e-6)
@@ -135,3 +142,38 @@ def test_fedavg_under_label_skew_collapses_with_averaged_statistics_and_not_with
     assert (per_class["average"] > 0.05).sum() <= 2  # collapsed: (almost) every image gets the same class
     assert (per_class["recompute"] > 0.05).sum() >= 4
     assert per_class["recompute"].mean() >= per_class["average"].mean() + 0.1
+
+
+def test_statistics_rows_are_the_number_asked_for_seeded_and_all_rows_for_zero():
+    rows = statistics_rows(1000, 64, [0, 3, 1, 23])
+    assert len(rows) == 64 == len(np.unique(rows)) and rows.min() >= 0 and rows.max() < 1000
+    assert np.all(np.diff(rows) > 0)  # sorted
+    assert np.array_equal(rows, statistics_rows(1000, 64, [0, 3, 1, 23]))  # same seed, same rows
+    assert not np.array_equal(rows, statistics_rows(1000, 64, [0, 3, 2, 23]))  # another cycle, other rows
+    assert np.array_equal(statistics_rows(50, 0, [0]), np.arange(50))  # 0 = the whole partition
+    assert np.array_equal(statistics_rows(50, 64, [0]), np.arange(50))  # more than the partition holds
+    with pytest.raises(ValueError, match="bn-statistics-samples"):
+        statistics_rows(50, -1, [0])
+
+
+def test_statistics_round_on_a_subsample_pools_each_clients_moments_weighted_by_its_size(small_run, shared_datasets):
+    """bn-statistics-samples=40: each client's subset moments, scaled to its partition size, are what the server installs."""
+    exp, cfg, arrays, model, parts = _three_client_experiment(
+        small_run, shared_datasets, "bn-sub", {"train-subset-size": 600, "alpha": 0.5, "bn-statistics-samples": 40})
+    state = exp.recompute_batchnorm(arrays, cycle=2).to_torch_state_dict()
+    assert len({len(p.ids) for p in parts}) > 1  # unequal clients: the weights matter
+    weights, means, squares = [], [], []
+    with torch.no_grad():
+        for i, p in enumerate(parts):
+            rows = statistics_rows(len(p.ids), 40, [cfg.seed, i, 2, 23])  # (seed, partition, cycle, salt)
+            conv1 = model.body[0](to_tensor(p.x[rows], CPU, p.normalize)).double()
+            weights.append(len(p.ids))
+            means.append(conv1.mean((0, 2, 3)).numpy())
+            squares.append((conv1 * conv1).mean((0, 2, 3)).numpy())
+            positions = conv1.shape[2] * conv1.shape[3]
+    w = np.asarray(weights, dtype=np.float64) / sum(weights)
+    mean = np.tensordot(w, np.asarray(means), axes=1)
+    count = sum(weights) * positions  # values per channel the scaled sums stand for
+    var = (np.tensordot(w, np.asarray(squares), axes=1) - mean * mean) * count / (count - 1)
+    np.testing.assert_allclose(state["body.1.running_mean"].numpy(), mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state["body.1.running_var"].numpy(), var, rtol=1e-5)

@@ -164,7 +164,7 @@ def test_num_clients_0_fails_when_too_few_partitions_connect(small_run):
     overrides = {**small_run, "num-cycles": 0, "num-clients": 0, "node-wait-seconds": 1.0, "train-min-fraction": 1.0}
     grid, run_config = _grid(overrides)
     grid.contexts.pop(sorted(grid.contexts)[2])
-    with pytest.raises(Exception, match=r"2 of num-partitions=3 partitions connected .*missing \[2\].*needs 3"):
+    with pytest.raises(Exception, match=r"2 of num-partitions=3 partitions connected .*missing 2\).*needs 3"):
         run_experiment(grid, run_config)
 
 

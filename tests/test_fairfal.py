@@ -137,6 +137,17 @@ def test_pseudo_labels_cosine_and_unseen_classes_masked():
         prototype_pseudo_labels(pool, protos, np.zeros(3))
 
 
+def test_pseudo_labels_in_blocks_equal_one_block():
+    rng = np.random.default_rng(4)
+    pool = rng.standard_normal((103, 8)).astype(np.float32)  # float32 features, as a model gives them
+    protos, counts = class_prototypes(rng.standard_normal((20, 8)), rng.integers(0, 4, 20), 5)
+    whole = prototype_pseudo_labels(pool, protos, counts, max_block_elems=10**9)
+    for elems in (1, 8 * 7, 8 * 50):  # one row, 7 rows, 50 rows per block (the last block short)
+        labels, probs = prototype_pseudo_labels(pool, protos, counts, max_block_elems=elems)
+        np.testing.assert_array_equal(labels, whole[0])
+        np.testing.assert_allclose(probs, whole[1], rtol=1e-12, atol=0)
+
+
 # -------------------------------------------------------- two-stage sampling
 
 

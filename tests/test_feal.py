@@ -225,3 +225,17 @@ def test_entropy_of_a_feal_model_is_computed_from_alpha_over_s():
     np.testing.assert_allclose(entropy(bank.pool("global").outputs), entropy(alpha / alpha.sum(1, keepdims=True)), rtol=1e-6)
     # the all-negative row has no evidence at all: p = alpha / S is uniform, the most uncertain
     assert list(run_selection(get_selector("entropy"), ctx).positions) == [2]
+
+
+def test_relaxation_blocks_bounded_by_the_element_limit_give_the_same_picks(monkeypatch):
+    """A large pool gets fewer candidates per block (never a 256 x n block); the picks do not change."""
+    import query.feal as feal
+
+    rng = np.random.default_rng(3)
+    feats = rng.normal(size=(300, 6)).astype(np.float32)
+    ranking = rng.permutation(300)
+    unbounded = diversity_relaxation(ranking, feats, 60, neighbors=4, threshold=0.7)
+    monkeypatch.setattr(feal, "DEFAULT_MAX_BLOCK_ELEMS", 3 * 300)  # 3 candidates per block at n = 300
+    bounded = feal.diversity_relaxation(ranking, feats, 60, neighbors=4, threshold=0.7)
+    np.testing.assert_array_equal(bounded[0], unbounded[0])
+    assert bounded[1] == unbounded[1]

@@ -203,6 +203,31 @@ def test_k_center_anchor_blocks_bound_memory():
     assert got[0] == int(np.argmax(ref))
 
 
+@pytest.mark.parametrize("n, m, elems", [(1000, 30, 300), (700, 5000, 4096), (300, 3, 1), (64, 10, 10**6)])
+def test_min_sq_dists_blocks_bound_memory_and_equal_the_full_matrix(n, m, elems):
+    """Row and column blocks of at most max_block_elems entries; the minima are those of the full n x m matrix."""
+
+    class Spy(DenseFeatures):
+        shapes: list[tuple[int, int]] = []
+
+        def sq_dists_to_many(self, other, indices):
+            out = super().sq_dists_to_many(other, indices)
+            Spy.shapes.append(out.shape)
+            return out
+
+    rng = np.random.default_rng(n + m)
+    pts, anchors = Spy(rng.normal(size=(n, 6))), Spy(rng.normal(size=(m, 6)))
+    Spy.shapes = []
+    got = pts.min_sq_dists_to(anchors, max_block_elems=elems)
+    assert max(r * c for r, c in Spy.shapes) <= max(elems, 1)
+    assert sum(r * c for r, c in Spy.shapes) == n * m  # every pair exactly once
+    np.testing.assert_allclose(got, _brute_sq_dists(pts.X, anchors.X).min(axis=1), rtol=1e-12, atol=1e-12)
+    # the same picks as with one n x m block (matrix products of other shapes may round the last bit differently)
+    plain, plain_anchors = DenseFeatures(pts.X), DenseFeatures(anchors.X)
+    np.testing.assert_array_equal(k_center_greedy(plain, 20, anchors=plain_anchors, max_block_elems=elems),
+                                  k_center_greedy(plain, 20, anchors=plain_anchors, max_block_elems=n * m))
+
+
 def test_k_center_budget_edges_and_duplicates():
     pts = DenseFeatures(POINTS_2D)
     np.testing.assert_array_equal(k_center_greedy(pts, 6), np.arange(6))
@@ -329,6 +354,21 @@ def test_top_k_stable_ties():
     assert top_k(scores, 0).shape == (0,)
     np.testing.assert_array_equal(top_k(np.array([-np.inf, 0.0, np.inf]), 2), [2, 1])
     np.testing.assert_array_equal(top_k(np.array([0, 5, 5, 1], dtype=np.uint8), 2), [1, 2])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int64, np.uint8])
+def test_top_k_of_a_small_budget_equals_the_full_stable_sort(dtype):
+    """The linear-time path (k < n / 4) picks the same indices in the same order as sorting everything."""
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        n = int(rng.integers(8, 400))
+        scores = rng.integers(0, 6, size=n).astype(dtype)  # many ties
+        if dtype in (np.float64, np.float32) and trial % 3 == 0:
+            scores[rng.integers(0, n, size=3)] = np.inf
+            scores[rng.integers(0, n, size=3)] = -np.inf
+        full = (n - 1 - np.argsort(scores[::-1], kind="stable")[::-1]).astype(np.intp)
+        for k in {1, 2, n // 8, n // 4 - 1, n // 4, n - 1, n}:
+            np.testing.assert_array_equal(top_k(scores, k), full[:k])
 
 
 def test_top_k_rejects_nan_and_bad_args():

@@ -81,6 +81,22 @@ def test_tensor_inputs_give_the_same_model_as_numpy_inputs():
     assert pa.outputs.shape == (70, 4) and pa.features.shape[0] == 70
 
 
+def test_predict_equals_a_plain_batch_loop_and_concatenation():
+    """Outputs written into preallocated arrays: the same numbers as batches concatenated, bit for bit."""
+    x, _ = _data(n=45)
+    model = build_model("mlp", input_shape=(1, 16, 16), num_outputs=4, seed=2).eval()
+    with torch.no_grad():
+        parts = [model(to_tensor(x[s : s + 16], CPU, NORMALIZE)) for s in range(0, len(x), 16)]
+    pred = predict(model, x, batch_size=16, device=CPU, normalize=NORMALIZE)  # 45 = 16 + 16 + 13
+    assert np.array_equal(pred.logits, torch.cat([lg for lg, _ in parts]).numpy())
+    assert np.array_equal(pred.features, torch.cat([f for _, f in parts]).numpy())
+    assert np.array_equal(pred.outputs, torch.softmax(torch.cat([lg for lg, _ in parts]), dim=1).numpy())
+    bare = predict(model, x, batch_size=16, device=CPU, normalize=NORMALIZE, with_features=False)
+    assert np.array_equal(bare.logits, pred.logits) and bare.features.shape == (45, 256) and not bare.features.any()
+    empty = predict(model, x[:0], batch_size=16, device=CPU, normalize=NORMALIZE)
+    assert empty.logits.shape == (0, 4) and empty.features.shape == (0, 256)
+
+
 def test_early_stopping_reads_the_accuracy_and_stops():
     x, y = _data(n=40)
     y = np.zeros_like(y)  # one class: accuracy reaches 1 within an epoch or two
