@@ -6,7 +6,10 @@ the ServerApp crashed. A :class:`FlowerEnvironment` owns a private
 ``FLWR_HOME``, starts its own SuperLink (and SuperNodes for a deployment) on
 free localhost ports with dependency installation off, runs ``flwr run``,
 asks the SuperLink for the run's final status, and stops every process it
-started (by process group) whatever happens.
+started whatever happens: not only the ones it started itself, but everything
+they started in turn (the SuperExec the SuperLink starts in a new session,
+``flwr-simulation``, Ray's head and actors, ``flwr-clientapp`` processes),
+found by the marker every one of them inherits (``launcher.stopping``).
 
 With ``tls=True`` (deployment only) it runs the SuperLink as a site should:
 TLS with a private CA and SuperNode authentication; every SuperNode gets its
@@ -25,11 +28,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import IO
 
 from fal_shared.config import toml_value
 from launcher.certs import make_superlink_certificates, make_supernode_key
+from launcher.stopping import SCOPE_VARIABLE, scope_processes, stop_processes
 
 __all__ = ["FlowerEnvironment", "RunFailed", "free_port"]
 
@@ -78,6 +83,8 @@ class FlowerEnvironment:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.processes: list[tuple[str, subprocess.Popen, IO]] = []
         bin_dir = str(Path(sys.executable).parent)
+        #: inherited by every process of this environment, in whatever session it ends up (launcher.stopping)
+        self.scope_id = f"flwr-env-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.env = {
             **os.environ,
             # flower-superlink starts flower-superexec by name: the venv's bin must be on PATH
@@ -87,6 +94,7 @@ class FlowerEnvironment:
             "FLWR_TELEMETRY_ENABLED": "0",
             "FLWR_DISABLE_UPDATE_CHECK": "1",
             "PYTHONUNBUFFERED": "1",
+            SCOPE_VARIABLE: f"{os.environ.get(SCOPE_VARIABLE, '')} {self.scope_id}".strip(),
         }
         self.bin_dir = bin_dir
         self.control_port: int | None = None
@@ -184,24 +192,20 @@ class FlowerEnvironment:
             pass
         proc.wait(timeout=30)
 
-    @staticmethod
-    def _kill(entry: tuple[str, subprocess.Popen, IO]) -> None:
-        _, proc, log = entry
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait(timeout=10)
-        log.close()
+    def members(self) -> list[int]:
+        """Live processes of this environment: the ones started here and all they started (by the marker)."""
+        started = [proc.pid for _, proc, _ in self.processes if proc.poll() is None]
+        return sorted(set(started) | {pid for pid, _ in scope_processes(self.scope_id)})
 
-    def close(self) -> None:
-        for entry in reversed(self.processes):
-            self._kill(entry)
+    def close(self, grace: float = 10.0) -> None:
+        """Stop every process of the environment at once (SIGTERM, then SIGKILL after ``grace`` s)."""
+        stop_processes(self.members, grace=grace)
+        for _, proc, log in self.processes:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            log.close()
         self.processes.clear()
         shutil.rmtree(self.home, ignore_errors=True)
 
@@ -220,13 +224,15 @@ class FlowerEnvironment:
 
     def run(
         self, run_config: dict[str, object], *, federation_config: str | None = None,
-        timeout: float = 3600, verbose: bool = True,
+        timeout: float = 3600, verbose: bool = True, phases: dict[str, float] | None = None,
     ) -> str:
         """``flwr run --stream``; returns the run id, raises :class:`RunFailed` unless it completed.
 
         The whole log goes to ``log_dir/flwr-run.log``; the terminal gets every
         line (``verbose``) or only the experiment's ``[FAL]`` lines and errors.
+        ``phases`` gets the times (``time.time()``) of the steps.
         """
+        phases = {} if phases is None else phases
         args = [os.path.join(self.bin_dir, "flwr"), "run", str(self.app_dir), "local", "--stream"]
         if run_config:
             args += ["--run-config", run_config_arg(run_config)]
@@ -234,6 +240,7 @@ class FlowerEnvironment:
             args += ["--federation-config", federation_config]
         out_path = self.log_dir / "flwr-run.log"
         with open(out_path, "w", buffering=1) as out:  # line-buffered: the log can be followed live
+            phases["flwr-run-started"] = time.time()
             proc = subprocess.Popen(args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=self.app_dir)
             run_id = None
             deadline = time.monotonic() + timeout
@@ -246,14 +253,17 @@ class FlowerEnvironment:
                 match = re.search(r"Successfully started run (\d+)", line)
                 if match:
                     run_id = match.group(1)
+                    phases["run-submitted"] = time.time()
                 if time.monotonic() > deadline:
                     proc.kill()
                     raise RunFailed(f"flwr run exceeded {timeout:.0f} s")
             proc.wait()
+            phases["flwr-run-exited"] = time.time()
         if run_id is None:
             tail = "".join(out_path.read_text().splitlines(keepends=True)[-15:])
             raise RunFailed(f"flwr run did not start a run (exit code {proc.returncode}):\n{tail}")
         status = self.run_status(run_id)
+        phases["status-known"] = time.time()
         if status != "finished:completed":
             raise RunFailed(f"Flower run {run_id} ended as {status!r}")
         return run_id

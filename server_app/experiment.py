@@ -221,6 +221,7 @@ class Experiment(NodeMembership):
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         self.discover()
+        self.recorder.mark("setup-done")
         if self.resume is None:
             self.check_budgets()  # (on resume the pools hold the labels bought since)
         if cfg.evaluation == "central" and self.test is None:  # num-clients=0: the partitions are known now
@@ -263,10 +264,12 @@ class Experiment(NodeMembership):
             self.recorder.add_cycle(record)
         final = self.recorder.data["cycles"][-1]["evaluation"]
         totals = {"traffic": self.meter.snapshot(), "final-evaluation": final}
+        self.recorder.mark("cycles-done")
         self.recorder.finish("completed", totals=totals)
         if self.checkpoint is not None:
             self.checkpoint.delete()
         self._release_clients()
+        self.recorder.mark("clients-released", flush=True)
         return self.recorder.data
 
     def _release_clients(self) -> None:

@@ -103,6 +103,7 @@ class NodeMembership:
     def discover(self) -> None:
         """Setup round: map partitions to nodes, check them, learn pool sizes."""
         nodes = self._wait_for_nodes()
+        self.recorder.mark("nodes-connected")
         declared = self.cfg.num_clients == 0
         found = self._setup(nodes, skip_lost=declared)
         if not found:
