@@ -182,14 +182,14 @@ def launch(
             return _launch(args, phases, simulation=simulation, num_clients=num_clients,
                            federation_config=federation_config, start_nodes=start_nodes, label=label, tls=tls)
     except Stopped as stop:
-        return report_stopped(stop, scope, phases)
+        return report_stopped(stop, phases)
 
 
-def report_stopped(stop: Stopped, scope: RunScope, phases: Phases) -> int:
+def report_stopped(stop: Stopped, phases: Phases) -> int:
     """After a stop signal: mark the run stopped in its results file, say so; 128 + the signal number."""
     phases.mark("stopped")
     lines = [f"[FAL] {stop} after {phases.marks['stopped'] - phases.marks['start']:.0f} s; "
-             f"stopped {len(scope.signalled)} process(es) of the run that were still running"]
+             "every process of the run is stopped"]
     if phases.folder is not None and (phases.folder / "results.json").exists():
         path = phases.folder / "results.json"
         try:

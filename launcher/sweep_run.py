@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -41,10 +42,11 @@ def _output_to(log_path: Path):
             os.close(saved[1])
 
 
-def execute_run(config: dict[str, Any], runtime: str, log_path: str, timeout: float) -> dict[str, Any]:
+def execute_run(config: dict[str, Any], runtime: str, log_path: str, timeout: float, cpus: float = 1.0) -> dict[str, Any]:
     """Run one experiment in this process (a Ray or pool worker); never raises.
 
-    Returns ``{"name", "status", "error", "seconds", "node"}`` (``node``: where it
+    ``cpus``: the run's share of the machine (``cpus-per-run``): a ``fal-simulate`` run gives Ray
+    that many CPUs for its ClientApps. Returns ``{"name", "status", "error", "seconds", "node"}`` (``node``: where it
     ran, see :func:`_this_node`). Writes ``<log>.started`` first so the driver can
     count running tasks.
     """
@@ -67,7 +69,7 @@ def execute_run(config: dict[str, Any], runtime: str, log_path: str, timeout: fl
                 result = run_inprocess(dict(config))
                 status, error = result.get("status", "failed"), result.get("error", "") or ""
             else:
-                status, error = _run_simulation(config, log.parent / f"{config['run-name']}.toml", timeout)
+                status, error = _run_simulation(config, log.parent / f"{config['run-name']}.toml", timeout, cpus)
     except BaseException as err:  # noqa: BLE001 - a run's crash is reported, the sweep goes on
         status, error = "failed", f"{type(err).__name__}: {err}"
         if isinstance(err, KeyboardInterrupt):
@@ -85,7 +87,7 @@ def _this_node() -> dict[str, Any]:
     return node
 
 
-def _run_simulation(config: dict[str, Any], config_file: Path, timeout: float) -> tuple[str, str]:
+def _run_simulation(config: dict[str, Any], config_file: Path, timeout: float, cpus: float) -> tuple[str, str]:
     """Flower's simulation runtime through ``fal-simulate`` (its own SuperLink and Ray instance).
 
     ``fal-simulate`` is told to stop its run if this process dies (``FAL_STOP_WITH_PARENT``: a Ray
@@ -97,7 +99,7 @@ def _run_simulation(config: dict[str, Any], config_file: Path, timeout: float) -
     env[PARENT_VARIABLE] = str(os.getpid())
     proc = subprocess.Popen(
         [sys.executable, "-m", "launcher.simulate", "--app", str(REPO_ROOT), "--config", str(config_file),
-         "--timeout", str(timeout)],
+         "--timeout", str(timeout), "--num-cpus", str(max(1, math.floor(cpus)))],
         cwd=REPO_ROOT, env=env, stdout=sys.stdout, stderr=sys.stderr,
     )
     try:

@@ -113,7 +113,7 @@ def run_with_ray(todo: list[RunSpec], sweep: Sweep, logs: Path, args: argparse.N
         print(f"[sweep] Ray: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; "
               f"{parallel} run(s) at a time", flush=True)
         task = ray.remote(execute_run).options(num_cpus=s.cpus_per_run, num_gpus=s.gpus_per_run, max_retries=0)
-        refs = {task.remote(r.config, s.runtime, str(logs / f"{r.name}.log"), s.timeout_per_run): r for r in todo}
+        refs = {task.remote(r.config, s.runtime, str(logs / f"{r.name}.log"), s.timeout_per_run, s.cpus_per_run): r for r in todo}
         progress = Progress(len(sweep.runs), len(sweep.runs) - len(todo), logs, parallel)
         progress.names = {r.name for r in todo}
         results, pending = [], list(refs)
@@ -163,7 +163,7 @@ def run_with_processes(todo: list[RunSpec], sweep: Sweep, logs: Path, args: argp
     results = []
     pool = ProcessPoolExecutor(max_workers=parallel, mp_context=mp.get_context("spawn"))
     try:
-        futures = {pool.submit(execute_run, r.config, s.runtime, str(logs / f"{r.name}.log"), s.timeout_per_run): r for r in todo}
+        futures = {pool.submit(execute_run, r.config, s.runtime, str(logs / f"{r.name}.log"), s.timeout_per_run, s.cpus_per_run): r for r in todo}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=args.progress_seconds, return_when=FIRST_COMPLETED)
