@@ -55,11 +55,12 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterable
 
 __all__ = [
     "SCOPE_VARIABLE", "PARENT_VARIABLE", "RunScope", "Stopped", "scope_processes", "stop_processes",
-    "process_start_time", "descendants", "reap_orphans",
+    "process_start_time", "descendants", "reap_orphans", "reclaim_signals",
 ]
 
 SCOPE_VARIABLE = "FAL_RUN_SCOPES"
@@ -70,6 +71,8 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_GET_CHILD_SUBREAPER = 37
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+#: the scopes entered and not yet left, innermost last (see :func:`reclaim_signals`)
+_ACTIVE: list["RunScope"] = []
 
 
 class Stopped(BaseException):
@@ -196,10 +199,12 @@ def _owned_children() -> set[int]:
     child collected by someone else), so :func:`reap_orphans` leaves them alone.
     """
     owned = set()
-    for obj in gc.get_objects():
-        if isinstance(obj, subprocess.Popen) or str(getattr(type(obj), "__module__", "")).startswith("multiprocessing.popen_"):
-            if getattr(obj, "returncode", 0) is None and getattr(obj, "pid", None):
-                owned.add(int(obj.pid))
+    with warnings.catch_warnings():  # touching every object wakes deprecated aliases (torch's) that warn
+        warnings.simplefilter("ignore")
+        for obj in gc.get_objects():
+            if isinstance(obj, subprocess.Popen) or str(getattr(type(obj), "__module__", "")).startswith("multiprocessing.popen_"):
+                if getattr(obj, "returncode", 0) is None and getattr(obj, "pid", None):
+                    owned.add(int(obj.pid))
     return owned
 
 
@@ -245,6 +250,19 @@ def stop_processes(find, grace: float = 10.0, poll: float = 0.05) -> list[int]:
         signalled.update(live)
         time.sleep(poll)
     return sorted(signalled)
+
+
+def reclaim_signals() -> None:
+    """Give the stop signals back to the innermost scope, after a library took them.
+
+    ``ray.init`` sets its own SIGTERM handler (``sys.exit(15)``), which would bypass the
+    scope's (no :class:`Stopped`, no cancelled tasks, a Ray driver torn down while its raylet
+    is being stopped); a launcher calls this right after such a call.
+    """
+    scope = _ACTIVE[-1] if _ACTIVE else None
+    if scope is not None and scope.handle_signals and threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, scope._on_signal)
 
 
 # ------------------------------------------------------------------ the scope
@@ -320,6 +338,7 @@ class RunScope:
         if self.handle_signals:
             for sig in STOP_SIGNALS:
                 self._saved_handlers[sig] = signal.signal(sig, self._on_signal)
+        _ACTIVE.append(self)
         if parent and os.getppid() != int(parent):  # the parent died before PDEATHSIG was armed
             self.stopped = Stopped(signal.SIGTERM)
             self.__exit__(Stopped, self.stopped, None)
@@ -327,6 +346,8 @@ class RunScope:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
         if self.handle_signals:  # a signal during the stop only notes itself (see _on_signal)
             for sig in STOP_SIGNALS:
                 signal.signal(sig, lambda s, f: None)

@@ -17,10 +17,11 @@ records, for every run, its last status and the node that ran it. At the end
 the report (``fal-report``) is written to ``<output>/report``.
 
 SIGTERM, SIGINT or SIGHUP stop the sweep and everything it started: its Ray
-tasks are cancelled (``force``: their worker processes are killed; a
-``fal-simulate`` a worker started stops its own run when its worker dies), the
-local Ray instance is shut down, and every process left of the sweep is
-stopped (``launcher.stopping``); the exit code is 128 + the signal number.
+tasks are cancelled (a running one is interrupted, and sends the ``fal-simulate``
+it started SIGTERM, so that run stops its own processes and is marked stopped;
+a task still running 30 s later has its worker killed), the local Ray instance
+is shut down, and every process left of the sweep is stopped
+(``launcher.stopping``); the exit code is 128 + the signal number.
 """
 
 from __future__ import annotations

@@ -90,9 +90,9 @@ def _this_node() -> dict[str, Any]:
 def _run_simulation(config: dict[str, Any], config_file: Path, timeout: float, cpus: float) -> tuple[str, str]:
     """Flower's simulation runtime through ``fal-simulate`` (its own SuperLink and Ray instance).
 
-    ``fal-simulate`` is told to stop its run if this process dies (``FAL_STOP_WITH_PARENT``: a Ray
-    worker killed by ``ray.cancel(force=True)``), and is stopped with SIGTERM, not SIGKILL, when this
-    task is interrupted, so it stops every process of its run.
+    ``fal-simulate`` is stopped with SIGTERM, not SIGKILL, when this task is interrupted (``ray.cancel``
+    raises KeyboardInterrupt here), so it stops every process of its run and marks it stopped; it is
+    also told to stop its run if this process dies without warning (``FAL_STOP_WITH_PARENT``).
     """
     config_file.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in config.items()))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # its own Ray, not the sweep's
@@ -103,7 +103,8 @@ def _run_simulation(config: dict[str, Any], config_file: Path, timeout: float, c
         cwd=REPO_ROOT, env=env, stdout=sys.stdout, stderr=sys.stderr,
     )
     try:
-        proc.wait()
+        while proc.poll() is None:  # not a blocking wait: Ray's cancel (a KeyboardInterrupt) must get through
+            time.sleep(0.2)
     except BaseException:
         proc.terminate()
         try:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fal_shared.config import ConfigError
-from launcher.stopping import SCOPE_VARIABLE, Stopped
+from launcher.stopping import SCOPE_VARIABLE, Stopped, reclaim_signals
 from launcher.sweep_run import execute_run
 from launcher.sweep_spec import RunSpec, Sweep
 
@@ -88,6 +88,27 @@ def fmt_seconds(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+#: seconds a cancelled run gets to stop its own processes before its Ray worker is killed
+STOP_GRACE = 30.0
+
+
+def _cancel(ray, refs: list, grace: float = STOP_GRACE) -> None:
+    """Cancel Ray tasks: a KeyboardInterrupt in each running one first, then, after ``grace`` s, kill its worker.
+
+    Not ``force`` at once: Ray kills a force-cancelled worker's child processes with SIGKILL, so a
+    ``fal-simulate`` it started could not stop its own run (its SuperLink, Ray instance and
+    ClientApps would be orphaned, its results left "running"). Interrupted, the task sends that
+    ``fal-simulate`` SIGTERM and waits for it (``sweep_run``).
+    """
+    for ref in refs:
+        ray.cancel(ref)
+    _, left = ray.wait(refs, num_returns=len(refs), timeout=grace) if refs else ([], [])
+    for ref in left:
+        ray.cancel(ref, force=True)
+    if left:
+        ray.wait(left, num_returns=len(left), timeout=10)
+
+
 def run_with_ray(todo: list[RunSpec], sweep: Sweep, logs: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     import ray
 
@@ -102,6 +123,7 @@ def run_with_ray(todo: list[RunSpec], sweep: Sweep, logs: Path, args: argparse.N
     else:
         init.update(num_cpus=args.num_cpus, num_gpus=args.num_gpus)
     ray.init(**init)
+    reclaim_signals()  # ray.init made SIGTERM a sys.exit: the sweep's scope must see it to stop its runs
     try:
         resources = ray.cluster_resources()
         s = sweep.settings
@@ -118,6 +140,7 @@ def run_with_ray(todo: list[RunSpec], sweep: Sweep, logs: Path, args: argparse.N
         progress.names = {r.name for r in todo}
         results, pending = [], list(refs)
         nodes = _ray_nodes(ray)
+        over_time: dict[Any, float] = {}  # runs past timeout-per-run, cancelled: when
         try:
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1, timeout=args.progress_seconds)
@@ -135,16 +158,21 @@ def run_with_ray(todo: list[RunSpec], sweep: Sweep, logs: Path, args: argparse.N
                     _record_results(args.output_path, results, nodes)
                 for ref in list(pending):  # runs past their time limit are stopped
                     started = logs / f"{refs[ref].name}.started"
-                    if started.exists() and time.time() - float(started.read_text() or 0) > s.timeout_per_run:
+                    if ref not in over_time and started.exists() and time.time() - float(started.read_text() or 0) > s.timeout_per_run:
+                        over_time[ref] = time.time()
+                        ray.cancel(ref)
+                    elif ref in over_time and time.time() - over_time[ref] > STOP_GRACE:
                         ray.cancel(ref, force=True)
                 progress.show()
-        except Stopped:
-            # force: the task's worker process is killed (a fal-simulate it started stops its own run then)
+        except (Stopped, SystemError) as err:
+            # a stop signal inside ray.wait/ray.get comes back as a SystemError caused by Stopped (Ray's
+            # signal check in Cython lets through only KeyboardInterrupt and SystemExit as such)
+            stop = err if isinstance(err, Stopped) else err.__cause__
+            if not isinstance(stop, Stopped):
+                raise
             print(f"[sweep] stopping: cancelling {len(pending)} queued or running run(s)", flush=True)
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            ray.wait(pending, num_returns=len(pending), timeout=30)
-            raise
+            _cancel(ray, pending)
+            raise stop from None
         return results
     finally:
         ray.shutdown()

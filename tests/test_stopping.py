@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher.stopping import PARENT_VARIABLE, SCOPE_VARIABLE, RunScope, Stopped, process_start_time, scope_processes
+from launcher.stopping import (
+    PARENT_VARIABLE, SCOPE_VARIABLE, RunScope, Stopped, process_start_time, reclaim_signals, scope_processes,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and prctl (Linux)")
@@ -112,7 +114,7 @@ def test_a_stop_signal_stops_the_scope_and_exits_128_plus_the_signal(sig):
 
 
 def test_a_launcher_whose_parent_dies_stops_its_run():
-    """FAL_STOP_WITH_PARENT (a sweep's Ray worker killed by ray.cancel(force=True)): the kernel sends SIGTERM."""
+    """FAL_STOP_WITH_PARENT (a sweep's Ray worker killed without warning): the kernel sends SIGTERM."""
     marker = f"test-{uuid.uuid4().hex[:8]}"
     parent = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
@@ -138,3 +140,16 @@ def test_a_launcher_whose_parent_dies_stops_its_run():
 def test_stopped_is_not_an_exception_that_except_exception_swallows():
     assert not issubclass(Stopped, Exception)
     assert Stopped(signal.SIGTERM).exit_code == 143 and str(Stopped(signal.SIGINT)) == "stopped by SIGINT"
+
+
+def test_reclaim_signals_takes_sigterm_back_from_a_library_that_set_its_own():
+    """ray.init sets SIGTERM to sys.exit(15); after reclaim_signals() a SIGTERM stops the scope again."""
+    with pytest.raises(Stopped) as stopped:
+        with RunScope("test", grace=1.0) as scope:
+            signal.signal(signal.SIGTERM, lambda s, f: sys.exit(s))  # what ray.init does
+            reclaim_signals()
+            assert signal.getsignal(signal.SIGTERM) == scope._on_signal
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    assert stopped.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) != scope._on_signal  # the scope's handlers are gone with it
