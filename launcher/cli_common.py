@@ -147,16 +147,17 @@ def fail(message: str) -> int:
 class Phases:
     """When the launcher reached each step (``time.time()``), kept in results.json under ``launcher``."""
 
-    def __init__(self) -> None:
+    def __init__(self, scope: str = "") -> None:
         self.marks: dict[str, float] = {"start": time.time()}
         self.folder: Path | None = None
+        self.scope = scope  # the run's marker in FAL_RUN_SCOPES (launcher.stopping): how to find its processes
 
     def mark(self, name: str) -> None:
         self.marks[name] = time.time()
 
     def save(self, folder: Path, data: dict[str, Any]) -> None:
         """Add the phases to the run's results file (``data``, read back), once no Flower process runs any more."""
-        data["launcher"] = {"phases": self.marks}
+        data["launcher"] = {"phases": self.marks, "scope": self.scope}
         atomic_write_text(folder / "results.json", json.dumps(data, indent=1), durable=False)
 
 
@@ -175,8 +176,8 @@ def launch(
     SIGTERM, SIGINT or SIGHUP stop the run and every process it started
     (``launcher.stopping``); the exit code is then 128 + the signal number.
     """
-    phases = Phases()
     scope = RunScope("fal-simulate" if simulation else "fal-deploy")
+    phases = Phases(scope.id)
     try:
         with scope:
             return _launch(args, phases, simulation=simulation, num_clients=num_clients,
@@ -196,7 +197,7 @@ def report_stopped(stop: Stopped, phases: Phases) -> int:
             data = json.loads(path.read_text())
             if data.get("status") != "completed":
                 data.update(status="stopped", error=f"launcher {stop}")
-            data["launcher"] = {"phases": phases.marks, "signal": signal.Signals(stop.signum).name}
+            data["launcher"] = {"phases": phases.marks, "scope": phases.scope, "signal": signal.Signals(stop.signum).name}
             atomic_write_text(path, json.dumps(data, indent=1), durable=False)
         except (OSError, ValueError):
             pass

@@ -61,6 +61,7 @@ from collections.abc import Iterable
 __all__ = [
     "SCOPE_VARIABLE", "PARENT_VARIABLE", "RunScope", "Stopped", "scope_processes", "stop_processes",
     "process_start_time", "descendants", "reap_orphans", "reclaim_signals",
+    "become_subreaper",
 ]
 
 SCOPE_VARIABLE = "FAL_RUN_SCOPES"
@@ -250,6 +251,11 @@ def stop_processes(find, grace: float = 10.0, poll: float = 0.05) -> list[int]:
         signalled.update(live)
         time.sleep(poll)
     return sorted(signalled)
+
+
+def become_subreaper() -> bool:
+    """Make this process a child subreaper for good (orphaned descendants come to it); False where impossible."""
+    return _prctl(_PR_SET_CHILD_SUBREAPER, 1) is not None
 
 
 def reclaim_signals() -> None:

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     scope = RunScope("fal-sweep")
     try:
         with scope:
-            return _sweep(args)
+            return _sweep(args, scope.id)
     except Stopped as stop:
         output = getattr(args, "output_path", None)
         if output is not None and (output / "sweep.json").exists():
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return stop.exit_code
 
 
-def _sweep(args: argparse.Namespace) -> int:
+def _sweep(args: argparse.Namespace, scope_id: str = "") -> int:
     started = time.time()
     args.output_path = None
     try:
@@ -200,7 +200,8 @@ def _sweep(args: argparse.Namespace) -> int:
     logs = output / "logs"
     for r in todo:
         (logs / f"{r.name}.started").unlink(missing_ok=True)
-    _write_manifest(sweep, output, {"invocations": [{"started": started, "to-run": len(todo), "skipped": skipped}]})
+    _write_manifest(sweep, output, {"invocations": [{"started": started, "to-run": len(todo), "skipped": skipped,
+                                                     "scope": scope_id}]})
     backend = run_with_ray if args.scheduler == "ray" else run_with_processes
     results = backend(todo, sweep, logs, args) if todo else []
     wall = time.time() - started

@@ -12,27 +12,12 @@ import pytest
 
 from launcher.stopping import SCOPE_VARIABLE
 from tests.ray_cluster import start_cluster
+from tests.test_sweep import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.ray, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc (Linux)")]
 
-SWEEP = """
-[sweep]
-name = "two-nodes"
-cpus-per-run = 1
-
-[base]
-dataset = "digits"
-num-clients = 2
-num-cycles = 1
-rounds-per-cycle = 2
-local-epochs = 3
-train-subset-size = 300
-
-[grid]
-strategy = ["random", "entropy"]
-seed = [0, 1]
-"""
+SWEEP = TINY  # 4 short runs (2 strategies x 2 seeds), 2 clients each
 
 
 def test_sweep_runs_on_both_nodes_of_a_two_node_ray_cluster(tmp_path):

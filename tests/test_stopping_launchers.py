@@ -127,6 +127,7 @@ def test_fal_simulate_stopped_mid_query_stops_everything_keeps_ledgers_and_resum
     assert "[FAL] stopped by SIGTERM" in run.output()
     results = json.loads((out / "stopped" / "results.json").read_text())
     assert results["status"] == "stopped" and results["launcher"]["signal"] == "SIGTERM"
+    assert results["launcher"]["scope"] and scope_processes(results["launcher"]["scope"]) == []
     before = _ledgers(state)
     assert len(before) == 3  # every client had bought its initial labels
 
@@ -191,7 +192,7 @@ def test_fal_sweep_stopped_by_sigterm_stops_its_ray_workers(tmp_path):
     assert run.stop(signal.SIGTERM) == 128 + signal.SIGTERM
     assert "[sweep] stopped by SIGTERM" in run.output()
     manifest = json.loads((tmp_path / "out" / "sweep.json").read_text())
-    assert manifest["invocations"][-1]["stopped"] == "SIGTERM"
+    assert manifest["invocations"][-1]["stopped"] == "SIGTERM" and manifest["invocations"][-1]["scope"]
 
 
 @pytest.mark.ray
