@@ -232,7 +232,7 @@ def summarize(groups: dict[str, list[dict]]) -> str:
             ]:
                 rows.setdefault(name, {}).setdefault(label, []).append(seconds)
     labels = list(groups)
-    lines = ["| segment (s from the launcher's start) | " + " | ".join(f"{l} ({len(groups[l])} runs)" for l in labels) + " |",
+    lines = ["| segment (wall seconds; the CPU rows: CPU seconds) | " + " | ".join(f"{l} ({len(groups[l])} runs)" for l in labels) + " |",
              "|---|" + "---:|" * len(labels)]
     for name, by_label in rows.items():
         lines.append(f"| {name} | " + " | ".join(cell(by_label.get(l, [])) for l in labels) + " |")
