@@ -5,8 +5,8 @@ layer). Query strategies need it for Core-Set, BADGE, prototypes and LoGo.
 
 Which models and why:
 
-* ``resnet8``: the AHFAL/KAFAL backbone's shape, post-activation: 16-32-64 channels, one torchvision
-  ``BasicBlock`` per stage, global average pooling, ``Linear(64, C)``. Not the AHFAL reference code's
+* ``resnet8``: the AHFAL/KAFAL backbone's shape, post-activation: 16-32-64 channels, one ResNet basic block
+  per stage (:class:`BasicBlock`, torchvision's, see there), global average pooling, ``Linear(64, C)``. Not the AHFAL reference code's
   variant: with BatchNorm buffers averaged it learns faster than ``preact-resnet8`` (MNIST, alpha 1.0:
   docs/results/parity-runs.md).
 * ``preact-resnet8``: the same widths with pre-activation blocks (He et al. 2016, "Identity mappings in
@@ -33,10 +33,41 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torchvision.models import mobilenet_v2
-from torchvision.models.resnet import BasicBlock
 
-__all__ = ["MODEL_NAMES", "blank_model", "build_model", "check_model_fits", "default_model_for"]
+__all__ = ["MODEL_NAMES", "build_model", "check_model_fits", "default_model_for", "BasicBlock", "blank_model"]
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ``resnet.BasicBlock`` (no groups, no dilation), module for module.
+
+    Written here because importing anything of torchvision imports all of it, ``torchvision.ops``
+    and through it ``torch._dynamo``: about 2.5 s of CPU more than torch alone, paid by every
+    process that builds a model (the launcher's check, the ServerApp, every simulated ClientApp
+    actor, and in a deployment every message: ``flwr-clientapp`` is a new process per message).
+    The same submodules are created in the same order, so the same seed gives the same
+    parameters, the state dict has the same keys and the outputs are identical
+    (``tests/test_models.py`` compares it with torchvision's). ``mobilenetv2`` still imports
+    torchvision, when such a model is built.
+    """
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
 
 
 class _FeatureHeadModel(nn.Module):
@@ -130,6 +161,8 @@ def _cnn4conv(in_channels: int, image_size: int, num_outputs: int) -> nn.Module:
 
 
 def _mobilenetv2(in_channels: int, image_size: int, num_outputs: int) -> nn.Module:
+    from torchvision.models import mobilenet_v2  # slow to import (see BasicBlock): only when it is built
+
     net = mobilenet_v2(weights=None, num_classes=num_outputs)
     stem = net.features[0][0]
     stride = 1 if image_size <= 32 else 2

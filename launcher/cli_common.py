@@ -6,6 +6,7 @@ import argparse
 import json
 import shlex
 import shutil
+import signal
 import sys
 import time
 import tomllib
@@ -14,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from fal_shared.config import ConfigError, RunConfig, parse_run_config
+from fal_shared.files import atomic_write_text
 from launcher.flower_processes import FlowerEnvironment, RunFailed
+from launcher.stopping import RunScope, Stopped
 
 __all__ = ["add_run_arguments", "resolve_overrides", "check_results", "print_summary", "server_error"]
 
@@ -156,6 +159,23 @@ def fail(message: str) -> int:
     return 1
 
 
+class Phases:
+    """When the launcher reached each step (``time.time()``), kept in results.json under ``launcher``."""
+
+    def __init__(self, scope: str = "") -> None:
+        self.marks: dict[str, float] = {"start": time.time()}
+        self.folder: Path | None = None
+        self.scope = scope  # the run's marker in FAL_RUN_SCOPES (launcher.stopping): how to find its processes
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = time.time()
+
+    def save(self, folder: Path, data: dict[str, Any]) -> None:
+        """Add the phases to the run's results file (``data``, read back), once no Flower process runs any more."""
+        data["launcher"] = {"phases": self.marks, "scope": self.scope}
+        atomic_write_text(folder / "results.json", json.dumps(data, indent=1), durable=False)
+
+
 def launch(
     args: argparse.Namespace,
     *,
@@ -166,26 +186,77 @@ def launch(
     label: str = "",
     tls: bool = False,
 ) -> int:
-    """Validate, start the Flower processes, run, check, stop everything; the exit code."""
-    started = time.time()
+    """Validate, start the Flower processes, run, check, stop everything; the exit code.
+
+    SIGTERM, SIGINT or SIGHUP stop the run and every process it started
+    (``launcher.stopping``); the exit code is then 128 + the signal number.
+    """
+    scope = RunScope("fal-simulate" if simulation else "fal-deploy")
+    phases = Phases(scope.id)
+    try:
+        with scope:
+            return _launch(args, phases, simulation=simulation, num_clients=num_clients,
+                           federation_config=federation_config, start_nodes=start_nodes, label=label, tls=tls)
+    except Stopped as stop:
+        return report_stopped(stop, phases)
+
+
+def report_stopped(stop: Stopped, phases: Phases) -> int:
+    """After a stop signal: mark the run stopped in its results file, say so; 128 + the signal number."""
+    phases.mark("stopped")
+    lines = [f"[FAL] {stop} after {phases.marks['stopped'] - phases.marks['start']:.0f} s; "
+             "every process of the run is stopped"]
+    if phases.folder is not None and (phases.folder / "results.json").exists():
+        path = phases.folder / "results.json"
+        try:
+            data = json.loads(path.read_text())
+            if data.get("status") != "completed":
+                data.update(status="stopped", error=f"launcher {stop}")
+            data["launcher"] = {"phases": phases.marks, "scope": phases.scope, "signal": signal.Signals(stop.signum).name}
+            atomic_write_text(path, json.dumps(data, indent=1), durable=False)
+        except (OSError, ValueError):
+            pass
+        lines.append(f"[FAL] labels bought so far are kept in the clients' ledgers; the same command resumes "
+                     f"the run ({phases.folder})")
+    for line in lines:
+        try:
+            print(line, file=sys.stderr, flush=True)
+        except OSError:  # SIGHUP: the terminal may be gone
+            pass
+    return stop.exit_code
+
+
+def _launch(
+    args: argparse.Namespace, phases: Phases, *, simulation: bool, num_clients: int | None,
+    federation_config: Callable[[RunConfig], str | None],
+    start_nodes: Callable[[FlowerEnvironment, RunConfig, dict[str, Any]], None], label: str, tls: bool,
+) -> int:
+    started = phases.marks["start"]
     try:
         cfg, overrides, folder = resolve_overrides(args, num_clients=num_clients)
     except (ConfigError, ValueError, OSError) as err:  # bad config, data missing or corrupt
         return fail(str(err))
+    phases.folder = folder
+    phases.mark("validated")
     with FlowerEnvironment(Path(args.app), simulation=simulation, tls=tls) as env:
         try:
             env.start_superlink()
+            phases.mark("superlink-listening")
             start_nodes(env, cfg, overrides)
-            run_id = env.run(overrides, federation_config=federation_config(cfg), timeout=args.timeout, verbose=args.verbose)
+            run_id = env.run(overrides, federation_config=federation_config(cfg), timeout=args.timeout,
+                             verbose=args.verbose, phases=phases.marks)
         except (RunFailed, RuntimeError) as err:
             cause = server_error(folder, env.log_dir / "flwr-run.log")
             return fail(str(err) + (f"\n[FAL] the ServerApp's error: {cause}" if cause else ""))
         finally:
             keep_log(env.log_dir / "flwr-run.log", folder)
+            phases.mark("stopping-processes")
+    phases.mark("processes-stopped")
     try:
         data = check_results(folder)
     except RuntimeError as err:
         return fail(str(err))
+    phases.save(folder, data)
     print(f"[FAL] Flower run {run_id}" + (f" ({label.format(n=cfg.num_clients)})" if label else ""))
     print_summary(data, folder, started)
     return 0

@@ -219,6 +219,23 @@ def plot_curves(runs_by_method: dict[str, list[RunResult]], metric: str, path: P
     plt.close(fig)
 
 
+def _where_runs_ran(manifest: dict[str, Any]) -> str:
+    """``host / Ray node <id> (<ip>, resources ...): N runs`` for each node sweep.json names, or ''."""
+    counts: dict[str, int] = defaultdict(int)
+    for run in manifest.get("runs", []):
+        node = run.get("node")
+        if not node:
+            continue
+        label = str(node.get("host", "?"))
+        if node.get("ray-node-id"):
+            label += f" / Ray node {node['ray-node-id'][:8]}"
+            details = [str(node["ray-node-ip"])] if node.get("ray-node-ip") else []
+            details += [f"{k}={v:g}" for k, v in sorted(node.get("ray-node-resources", {}).items())]
+            label += f" ({', '.join(details)})" if details else ""
+        counts[label] += 1
+    return "; ".join(f"{label}: {n} run(s)" for label, n in sorted(counts.items()))
+
+
 def write_report(folder: Path, *, reference: str | None = None, metric: str | None = None, out: Path | None = None,
                  compare: str | None = None) -> dict[str, Path]:
     """Write ``report.md``, ``checkpoints.csv``, ``final.csv`` and ``curves-*.png``; their paths."""
@@ -250,6 +267,9 @@ def write_report(folder: Path, *, reference: str | None = None, metric: str | No
         + (f", not counting {interrupted} interrupted invocation(s) that recorded no wall time" if interrupted else "")
         + f". The completed runs' own times add up to {np.nansum([r.wall_seconds for r in done]) / 60:.1f} min."
     )
+    where = _where_runs_ran(manifest)
+    if where:
+        lines += ["", "Where the runs ran (last execution of each): " + where + "."]
     lines += ["", f"Metric: {metric}{unit}, mean +- std over seeds (sample std). Paired t-tests against "
               f"`{reference}` over seeds at every checkpoint, p < {P_VALUE}: wins/ties/losses (W/T/L).", ""]
     checkpoint_rows, final_rows, plots = [], [], []

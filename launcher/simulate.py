@@ -8,6 +8,8 @@ the experiment completed.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 
 from launcher.cli_common import add_run_arguments, launch
@@ -18,11 +20,19 @@ def main(argv: list[str] | None = None) -> int:
     add_run_arguments(parser)
     parser.add_argument("--cpus-per-client", type=float, default=1.0,
                         help="Ray CPUs per ClientApp (1 on 2 cores runs two clients at once)")
+    parser.add_argument("--num-cpus", type=int, default=None,
+                        help="CPUs Ray may give ClientApps (default: the CPUs this process may run on, so "
+                             "`taskset -c 0 fal-simulate` runs one ClientApp at a time)")
     args = parser.parse_args(argv)
     cpus = int(args.cpus_per_client) if float(args.cpus_per_client).is_integer() else args.cpus_per_client
+    # Ray counts every core of the machine, not the ones this process is pinned to: pinned to one core it
+    # started two actors that shared it, each paying the imports (seconds of CPU) and contending
+    ray_cpus = args.num_cpus or max(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                                    math.ceil(float(args.cpus_per_client)))
     return launch(
         args, simulation=True,
-        federation_config=lambda cfg: f"num-supernodes={cfg.num_clients} client-resources-num-cpus={cpus}",
+        federation_config=lambda cfg: (f"num-supernodes={cfg.num_clients} client-resources-num-cpus={cpus} "
+                                       f"init-args-num-cpus={ray_cpus}"),
     )
 
 

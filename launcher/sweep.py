@@ -12,8 +12,16 @@ cluster. A run whose ``results.json`` says ``completed`` with the same config
 is skipped, so a killed sweep is resumed by running the same command again; a
 run that failed is reported with its error, the others go on, and the next
 invocation runs it again (its clients' ledgers replay the labels already bought,
-so nothing is bought twice). Every run logs to ``<output>/logs/<run>.log``. At
-the end the report (``fal-report``) is written to ``<output>/report``.
+so nothing is bought twice). Every run logs to ``<output>/logs/<run>.log``; ``sweep.json``
+records, for every run, its last status and the node that ran it. At the end
+the report (``fal-report``) is written to ``<output>/report``.
+
+SIGTERM, SIGINT or SIGHUP stop the sweep and everything it started: its Ray
+tasks are cancelled (a running one is interrupted, and sends the ``fal-simulate``
+it started SIGTERM, so that run stops its own processes and is marked stopped;
+a task still running 30 s later has its worker killed), the local Ray instance
+is shut down, and every process left of the sweep is stopped
+(``launcher.stopping``); the exit code is 128 + the signal number.
 """
 
 from __future__ import annotations
@@ -22,97 +30,19 @@ import argparse
 import json
 import os
 import platform
-import subprocess
+import signal
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fal_shared.config import ConfigError, RunConfig, toml_value
+from fal_shared.config import ConfigError, RunConfig
+from launcher.stopping import RunScope, Stopped
+from launcher.sweep_run import execute_run, run_status
+from launcher.sweep_schedulers import RUN_RECORD_KEYS, fmt_seconds, run_with_processes, run_with_ray
 from launcher.sweep_spec import RunSpec, Sweep, read_sweep
 
 __all__ = ["main", "execute_run", "run_status"]
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-# ------------------------------------------------------------------ one run
-@contextmanager
-def _output_to(log_path: Path):
-    """Send this process's stdout/stderr (file descriptors, so C and Flower output too) to ``log_path``."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(log_path, "a") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-
-
-def execute_run(config: dict[str, Any], runtime: str, log_path: str, timeout: float) -> dict[str, Any]:
-    """Run one experiment in this process (a Ray or pool worker); never raises.
-
-    Returns ``{"name", "status", "error", "seconds"}``. Writes ``<log>.started``
-    first so the driver can count running tasks.
-    """
-    log = Path(log_path)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.with_suffix(".started").write_text(str(time.time()))
-    start = time.time()
-    status, error = "failed", ""
-    try:
-        with _output_to(log):
-            print(f"[sweep] run {config['run-name']} on {platform.node()} (pid {os.getpid()}), runtime {runtime}", flush=True)
-            if runtime == "inprocess":
-                import torch
-
-                from server_app.inprocess import run_inprocess
-
-                torch.set_num_threads(int(config.get("client-threads", 1)))
-                result = run_inprocess(dict(config))
-                status, error = result.get("status", "failed"), result.get("error", "") or ""
-            else:
-                status, error = _run_simulation(config, log.parent / f"{config['run-name']}.toml", timeout)
-    except BaseException as err:  # noqa: BLE001 - a run's crash is reported, the sweep goes on
-        status, error = "failed", f"{type(err).__name__}: {err}"
-        if isinstance(err, KeyboardInterrupt):
-            raise
-    return {"name": config["run-name"], "status": status, "error": error, "seconds": time.time() - start}
-
-
-def _run_simulation(config: dict[str, Any], config_file: Path, timeout: float) -> tuple[str, str]:
-    """Flower's simulation runtime through ``fal-simulate`` (its own SuperLink and Ray instance)."""
-    config_file.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in config.items()))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # its own Ray, not the sweep's
-    proc = subprocess.run(
-        [sys.executable, "-m", "launcher.simulate", "--app", str(REPO_ROOT), "--config", str(config_file),
-         "--timeout", str(timeout)],
-        cwd=REPO_ROOT, env=env, stdout=sys.stdout, stderr=sys.stderr, check=False,
-    )
-    status, error = run_status(Path(config["output-dir"]) / config["run-name"] / "results.json")
-    if proc.returncode != 0 and status == "completed":
-        return "failed", f"fal-simulate exited with {proc.returncode}"
-    return status, error or (f"fal-simulate exited with {proc.returncode}" if proc.returncode else "")
-
-
-def run_status(results: Path) -> tuple[str, str]:
-    """(status, error) of a results file; ``missing`` when there is none."""
-    try:
-        data = json.loads(results.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return "missing", ""
-    return str(data.get("status", "missing")), str(data.get("error") or "")
-
 
 # -------------------------------------------------------------- the sweep
 def _results_path(spec: RunSpec) -> Path:
@@ -191,118 +121,14 @@ def _write_manifest(sweep: Sweep, output: Path, extra: dict[str, Any]) -> None:
     }
     output.mkdir(parents=True, exist_ok=True)
     path = output / "sweep.json"
-    if path.exists():  # keep the history of invocations (wall times) across resumes
+    if path.exists():  # keep the history of invocations (wall times) and where each run last ran, across resumes
         old = json.loads(path.read_text())
         manifest["invocations"] = old.get("invocations", []) + manifest.get("invocations", [])
+        last = {r["name"]: r for r in old.get("runs", [])}
+        for run in manifest["runs"]:
+            run.update({k: v for k, v in last.get(run["name"], {}).items() if k in RUN_RECORD_KEYS})
     path.write_text(json.dumps(manifest, indent=1, default=str))
 
-
-class Progress:
-    """One line per change: done, running, failed, ETA."""
-
-    def __init__(self, total: int, skipped: int, logs: Path, parallel: int) -> None:
-        self.total, self.skipped, self.logs, self.parallel = total, skipped, logs, max(1, parallel)
-        self.done, self.failed, self.durations = 0, 0, []
-        self.names: set[str] = set()
-        self.last = ""
-
-    def finished(self, result: dict[str, Any]) -> None:
-        self.durations.append(result["seconds"])
-        if result["status"] == "completed":
-            self.done += 1
-        else:
-            self.failed += 1
-            print(f"[sweep] FAILED {result['name']}: {result['error'] or result['status']} "
-                  f"(log: {self.logs / (result['name'] + '.log')})", flush=True)
-
-    def show(self, force: bool = False) -> None:
-        started = sum(1 for n in self.names if (self.logs / f"{n}.started").exists())
-        running = max(0, started - self.done - self.failed)
-        left = self.total - self.skipped - self.done - self.failed
-        eta = ""
-        if self.durations and left:
-            mean = sum(self.durations) / len(self.durations)
-            eta = f", ETA {_fmt(mean * left / min(self.parallel, left))}"
-        line = (f"[sweep] {self.skipped + self.done}/{self.total} done ({self.skipped} skipped), "
-                f"{running} running, {self.failed} failed, {left} left{eta}")
-        if force or line != self.last:
-            print(line, flush=True)
-            self.last = line
-
-
-def _fmt(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def _run_with_ray(todo: list[RunSpec], sweep: Sweep, logs: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    import ray
-
-    init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-    if args.address:
-        init["address"] = args.address
-    else:
-        init.update(num_cpus=args.num_cpus, num_gpus=args.num_gpus)
-    ray.init(**init)
-    try:
-        resources = ray.cluster_resources()
-        s = sweep.settings
-        parallel = int(resources.get("CPU", 1) // s.cpus_per_run)
-        if s.gpus_per_run > 0:
-            if resources.get("GPU", 0) < s.gpus_per_run:
-                raise ConfigError(f"gpus-per-run={s.gpus_per_run} but the Ray cluster has {resources.get('GPU', 0)} GPU(s)")
-            parallel = min(parallel, int(resources["GPU"] / s.gpus_per_run))
-        print(f"[sweep] Ray: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; "
-              f"{parallel} run(s) at a time", flush=True)
-        task = ray.remote(execute_run).options(num_cpus=s.cpus_per_run, num_gpus=s.gpus_per_run, max_retries=0)
-        refs = {task.remote(r.config, s.runtime, str(logs / f"{r.name}.log"), s.timeout_per_run): r for r in todo}
-        progress = Progress(len(sweep.runs), len(sweep.runs) - len(todo), logs, parallel)
-        progress.names = {r.name for r in todo}
-        results, pending = [], list(refs)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1, timeout=args.progress_seconds)
-            for ref in ready:
-                try:
-                    result = ray.get(ref)
-                except Exception as err:  # noqa: BLE001 - the worker died (out of memory, killed)
-                    result = {"name": refs[ref].name, "status": "failed", "error": f"{type(err).__name__}: {err}", "seconds": 0.0}
-                progress.finished(result)
-                results.append(result)
-            for ref in list(pending):  # runs past their time limit are stopped
-                started = logs / f"{refs[ref].name}.started"
-                if started.exists() and time.time() - float(started.read_text() or 0) > s.timeout_per_run:
-                    ray.cancel(ref, force=True)
-            progress.show()
-        return results
-    finally:
-        ray.shutdown()
-
-
-def _run_with_processes(todo: list[RunSpec], sweep: Sweep, logs: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Without Ray (e.g. a machine where it cannot be installed): a pool of --num-cpus/cpus-per-run processes."""
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    s = sweep.settings
-    parallel = max(1, int((args.num_cpus or os.cpu_count() or 1) // s.cpus_per_run))
-    print(f"[sweep] process pool: {parallel} run(s) at a time", flush=True)
-    progress = Progress(len(sweep.runs), len(sweep.runs) - len(todo), logs, parallel)
-    progress.names = {r.name for r in todo}
-    results = []
-    with ProcessPoolExecutor(max_workers=parallel, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(execute_run, r.config, s.runtime, str(logs / f"{r.name}.log"), s.timeout_per_run): r for r in todo}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, timeout=args.progress_seconds, return_when=FIRST_COMPLETED)
-            for fut in done:
-                try:
-                    result = fut.result()
-                except Exception as err:  # noqa: BLE001
-                    result = {"name": futures[fut].name, "status": "failed", "error": f"{type(err).__name__}: {err}", "seconds": 0.0}
-                progress.finished(result)
-                results.append(result)
-            progress.show()
-    return results
 
 
 def _select(runs: list[RunSpec], where: list[str]) -> list[RunSpec]:
@@ -353,12 +179,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="list the runs and what would be skipped, run nothing")
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     args = parser.parse_args(argv)
+    scope = RunScope("fal-sweep")
+    try:
+        with scope:
+            return _sweep(args, scope.id)
+    except Stopped as stop:
+        output = getattr(args, "output_path", None)
+        if output is not None and (output / "sweep.json").exists():
+            manifest = json.loads((output / "sweep.json").read_text())
+            if manifest.get("invocations"):
+                manifest["invocations"][-1]["stopped"] = signal.Signals(stop.signum).name
+                (output / "sweep.json").write_text(json.dumps(manifest, indent=1, default=str))
+        try:
+            print(f"[sweep] {stop}: every run, Ray task and process of the sweep is stopped; "
+                  "the same command resumes it (completed runs are skipped)", file=sys.stderr, flush=True)
+        except OSError:  # SIGHUP: the terminal may be gone
+            pass
+        return stop.exit_code
+
+
+def _sweep(args: argparse.Namespace, scope_id: str = "") -> int:
     started = time.time()
+    args.output_path = None
     try:
         sweep = read_sweep(args.sweep)
         if args.runtime:
             sweep.settings.runtime = args.runtime
         output = Path(args.output or Path.home() / "fal-results" / "sweeps" / sweep.name).expanduser().resolve()
+        args.output_path = output
         sweep.expand(output, _parse_set(args.set))
         sweep.runs = _select(sweep.runs, args.where)
         _check_data(sweep)
@@ -382,15 +230,16 @@ def main(argv: list[str] | None = None) -> int:
     logs = output / "logs"
     for r in todo:
         (logs / f"{r.name}.started").unlink(missing_ok=True)
-    _write_manifest(sweep, output, {"invocations": [{"started": started, "to-run": len(todo), "skipped": skipped}]})
-    backend = _run_with_ray if args.scheduler == "ray" else _run_with_processes
+    _write_manifest(sweep, output, {"invocations": [{"started": started, "to-run": len(todo), "skipped": skipped,
+                                                     "scope": scope_id}]})
+    backend = run_with_ray if args.scheduler == "ray" else run_with_processes
     results = backend(todo, sweep, logs, args) if todo else []
     wall = time.time() - started
     manifest = json.loads((output / "sweep.json").read_text())
     manifest["invocations"][-1].update({"wall-seconds": wall, "failed": [r["name"] for r in results if r["status"] != "completed"]})
     (output / "sweep.json").write_text(json.dumps(manifest, indent=1, default=str))
     failed = [r for r in results if r["status"] != "completed"]
-    print(f"[sweep] finished in {_fmt(wall)}: {len(results) - len(failed)} completed, {len(failed)} failed, {skipped} skipped", flush=True)
+    print(f"[sweep] finished in {fmt_seconds(wall)}: {len(results) - len(failed)} completed, {len(failed)} failed, {skipped} skipped", flush=True)
     if not args.no_report:
         from launcher.report import write_report
 

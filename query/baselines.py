@@ -43,8 +43,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 from torch import nn
 
@@ -356,6 +354,9 @@ class LoGoSelector(Selector):
 
 def logo_kmeans(z: np.ndarray, n_clusters: int, settings: BaselineSettings, rng: np.random.Generator) -> np.ndarray:
     """LoGo's macro step: cluster labels of ``KMeans(n_clusters)`` on ``z`` (one seed drawn from ``rng``)."""
+    from sklearn.cluster import KMeans  # about 2 s of CPU to import: only in the processes that cluster
+    from sklearn.exceptions import ConvergenceWarning
+
     kmeans = KMeans(
         n_clusters=n_clusters,
         n_init=settings.logo_kmeans_n_init,

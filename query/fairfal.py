@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import softmax
-from sklearn.preprocessing import normalize
 
 from fal_shared.settings.fairfal import FairfalSettings
 from query.base import PoolContext, Selector, register_selector
@@ -249,6 +248,8 @@ def class_prototypes(
     h = np.asarray(features, dtype=np.float64)
     if h.ndim != 2:
         raise ValueError(f"`features` must be 2-D (n, d), got shape {h.shape}.")
+    from sklearn.preprocessing import normalize  # about 2 s of CPU to import: only where FairFAL runs
+
     y = _labels(labels, h.shape[0], num_classes, "labels")
     counts = np.bincount(y, minlength=num_classes).astype(np.int64)
     protos = np.zeros((num_classes, h.shape[1]))
@@ -273,6 +274,8 @@ def prototype_pseudo_labels(
     -------
     (labels (n,), probs (n, C))
     """
+    from sklearn.preprocessing import normalize  # see class_prototypes
+
     if not temperature > 0:
         raise ValueError(f"`temperature` (fairfal-prototype-temperature) must be > 0, got {temperature}.")
     h = np.asarray(features)

@@ -63,6 +63,7 @@ def run_experiment(grid: Grid, run_config: dict) -> dict:
     resume = checkpoint.load(cfg.to_flower())
     recorder = ResultsRecorder(folder, run_name=run_name, config=cfg.to_flower(),
                                restore=resume["results"] if resume else None)
+    recorder.mark("serverapp-main")
     print(f"[FAL] run {run_name}: results in {recorder.folder}", flush=True)
     if strategy_defaults:
         recorder.data["strategy-defaults"] = strategy_defaults

@@ -235,6 +235,7 @@ class Experiment(NodeMembership):
     def _run(self) -> dict[str, Any]:
         cfg = self.cfg
         self.discover()
+        self.recorder.mark("setup-done")
         if self.resume is None:
             self.check_budgets()  # (on resume the pools hold the labels bought since)
         if self.resume is None:
@@ -286,10 +287,12 @@ class Experiment(NodeMembership):
                 break
         final = self.recorder.data["cycles"][-1]["evaluation"]
         totals = {"traffic": self.meter.snapshot(), "final-evaluation": final}
+        self.recorder.mark("cycles-done")
         self.recorder.finish("completed", totals=totals)
         if self.checkpoint is not None:
             self.checkpoint.delete()
         self._release_clients()
+        self.recorder.mark("clients-released", flush=True)
         return self.recorder.data
 
     def _release_clients(self) -> None:

@@ -52,6 +52,12 @@ class ResultsRecorder:
     def csv_path(self) -> Path:
         return self.folder / "cycles.csv"
 
+    def mark(self, event: str, *, flush: bool = False) -> None:
+        """When the run reached ``event`` (``time.time()``), under ``timeline``: where a run's fixed cost goes."""
+        self.data.setdefault("timeline", {})[event] = time.time()
+        if flush:
+            self.flush()
+
     def set_clients(self, clients: dict[str, Any]) -> None:
         self.data["clients"] = clients
         self.flush()

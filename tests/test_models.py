@@ -77,3 +77,33 @@ def test_unknown_model_and_wrong_shape_are_clear_errors():
         build_model("resnet8", input_shape=(8,), num_outputs=2)
     with pytest.raises(ValueError, match="at least 16 pixels"):
         build_model("cnn4conv", input_shape=(1, 8, 8), num_outputs=2)
+
+
+def test_resnet8s_block_is_torchvisions_basic_block_parameter_for_parameter():
+    """fal_shared.models.BasicBlock replaces torchvision's only to skip its import: same seed, same model."""
+    import subprocess
+    import sys
+
+    from torchvision.models.resnet import BasicBlock as TorchvisionBlock
+
+    import fal_shared.models as models
+
+    ours = build_model("resnet8", input_shape=(1, 28, 28), num_outputs=10, seed=3)
+    original = models.BasicBlock
+    models.BasicBlock = TorchvisionBlock
+    try:
+        theirs = build_model("resnet8", input_shape=(1, 28, 28), num_outputs=10, seed=3)
+    finally:
+        models.BasicBlock = original
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert list(a) == list(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.randn(4, 1, 28, 28)
+    ours.train(), theirs.train()
+    assert torch.equal(ours(x)[0], theirs(x)[0]) and torch.equal(ours(x)[1], theirs(x)[1])
+    # and building it imports neither torchvision nor scikit-learn (seconds of CPU in every process)
+    probe = ("import sys, client_app.app, server_app.app; from fal_shared.models import build_model; "
+             "build_model('resnet8', input_shape=(1, 28, 28), num_outputs=10); "
+             "print(sorted(m for m in ('torchvision', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
