@@ -13,12 +13,17 @@ import sys
 from launcher.cli_common import add_run_arguments, launch
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the docs' command reference is generated from it)."""
     parser = argparse.ArgumentParser(prog="fal-simulate", description=__doc__)
     add_run_arguments(parser)
     parser.add_argument("--cpus-per-client", type=float, default=1.0,
                         help="Ray CPUs per ClientApp (1 on 2 cores runs two clients at once)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     cpus = int(args.cpus_per_client) if float(args.cpus_per_client).is_integer() else args.cpus_per_client
     return launch(
         args, simulation=True,
