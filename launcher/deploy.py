@@ -5,7 +5,7 @@ Starts one SuperLink and N SuperNodes as separate processes on this machine
 keeps its label ledger in ``<state-dir>``), runs the experiment with
 ``flwr run``, checks it completed, and stops every process it started. This
 is the same app and the same messages as on separate machines; only the
-addresses differ (see README "Deployment"). ``--tls`` runs it as a site
+addresses differ (see the docs: Deploy sites). ``--tls`` runs it as a site
 should: TLS with a private CA, and SuperNode authentication (each SuperNode
 has its own key pair, registered with the SuperLink before it connects).
 """

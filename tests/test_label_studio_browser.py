@@ -22,25 +22,13 @@ from client_app.oracles.label_studio import LabelStudioOracle
 from fal_shared.config import RunConfig
 from fal_shared.experiment_data import client_data
 from fal_shared.settings.labeling import NodeLabelingConfig
+from tests.browser import chromium_driver
 
 pytestmark = [pytest.mark.label_studio, pytest.mark.browser]
 
 
 def _browser():
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip("selenium is not installed; .ci/run installs it")
-    if not chromium or not driver:
-        pytest.skip("chromium / chromedriver not found (apt-get install chromium chromium-driver; .ci/run does)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1200"):
-        options.add_argument(arg)
-    return webdriver.Chrome(service=Service(executable_path=driver), options=options)
+    return chromium_driver()
 
 
 def test_a_label_given_on_the_label_studio_page_reaches_the_oracle(label_studio, tmp_path):
