@@ -71,7 +71,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def _commands() -> str:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     old = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal width: the same page on every machine
+    os.environ["COLUMNS"] = "88"  # argparse wraps to the terminal width: the same page on every machine
     try:
         out = []
         for name, target in sorted(scripts.items()):
