@@ -58,15 +58,24 @@ def handle_train(session: ClientSession, content: RecordDict) -> RecordDict:
     needs: the labeled class counts, the received model as a frozen teacher,
     the round within the cycle, and the unlabeled pool.
     """
+    return train_on(session, content, session.labeled())
+
+
+def train_on(session: ClientSession, content: RecordDict, labeled: tuple, *, main: bool = True) -> RecordDict:
+    """:func:`handle_train` on the labeled set ``labeled`` = (ids, x, y).
+
+    ``main=False`` (the campaign's shadow model, a subset of the labels) keeps
+    neither the optimiser state nor the local model of the main training.
+    """
     start = time.perf_counter()
     cfg = session.cfg
     conf = config_of(content)
     model = session.model_from(content["arrays"])
-    _, x, y = session.labeled()
+    _, x, y = labeled
     settings = session.train_settings(epochs=cfg.local_epochs, lr=float(conf.get("lr", cfg.lr)))
     cycle, server_round = int(conf["cycle"]), int(conf["server-round"])
     seed = int(np.random.default_rng(session.query_seed(cycle, server_round)).integers(2**31))
-    optimizer_state = session.optimizer_state(cycle, server_round)
+    optimizer_state = session.optimizer_state(cycle, server_round) if main else None
     objective = build_objective(
         cfg.resolved_objective(), cfg, num_classes=session.data.num_classes, task=session.data.task,
         y=y, model=model, server_round=server_round,
@@ -76,8 +85,9 @@ def handle_train(session: ClientSession, content: RecordDict) -> RecordDict:
         optimizer_state=optimizer_state, objective=objective,
         unlabeled=session.pool()[1] if objective.uses_unlabeled else None,
     )
-    session.store_optimizer_state(cycle, report.optimizer_state)
-    session.store_local_model(model)
+    if main:
+        session.store_optimizer_state(cycle, report.optimizer_state)
+        session.store_local_model(model)
     metrics = {
         "num-examples": len(y),
         "train-loss": float(report.final_loss) if len(y) else 0.0,

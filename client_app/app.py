@@ -8,7 +8,7 @@ import logging
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from client_app import actions, methods  # noqa: F401  (methods registers its query actions)
+from client_app import actions, audit, methods  # noqa: F401  (audit and methods register their query actions)
 from client_app.actions import QUERY_ACTIONS, Handler
 from client_app.session import ClientSession
 from fal_shared.wire import RUN_CONFIG_DEFAULTS, config_of

@@ -18,6 +18,14 @@ token, what the labeling tool needs), then answered piece by piece
 (:meth:`LabelLedger.answer`) as the person labels or skips samples. A pending
 or skipped sample is neither in the labeled set nor in the pool. A label once
 recorded is never changed.
+
+Audit labels (``docs/guides/campaign.md``): a query whose token starts with
+:data:`AUDIT_PREFIX` buys labels of a uniformly random audit sample. They are
+bought, waited for and persisted like every other label, but kept apart: the
+labeled set (:meth:`LabelLedger.labeled_ids`, :meth:`labels`, ``len``) holds
+only training labels, :meth:`audit_ids` / :meth:`audit_labels` the audit ones.
+The audit samples of later top-ups are *reserved* up front (:meth:`reserve`):
+out of the pool, bought only by an audit query.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import numpy as np
 
 from fal_shared.files import atomic_write_text
 
-__all__ = ["LabelLedger", "LedgerEntry", "LedgerError", "Skip", "AnswerReport", "utc_now"]
+__all__ = ["LabelLedger", "LedgerEntry", "LedgerError", "Skip", "AnswerReport", "utc_now", "AUDIT_PREFIX", "is_audit"]
 
 _VERSION = 2
 
@@ -44,6 +52,14 @@ _VERSION = 2
 # an unchanged file need not be parsed again - at paper scale that is thousands of messages per run.
 # An atomic rewrite by anyone else changes the inode, so a stale entry is never used.
 _READ_CACHE: dict[str, tuple[tuple[int, int, int], tuple]] = {}
+
+
+#: query tokens of audit purchases start with this: those labels are never trained on
+AUDIT_PREFIX = "audit-"
+
+
+def is_audit(query_token: str) -> bool:
+    return str(query_token).startswith(AUDIT_PREFIX)
 
 
 def utc_now() -> str:
@@ -97,23 +113,42 @@ class LabelLedger:
         self._pending: dict[str, dict[str, Any]] = {}  # token -> the request of a query not fully answered
         self._skipped: dict[int, Skip] = {}
         self._ids: set[int] = set()
+        self._reserved: set[int] = set()  # audit samples set aside for later audit queries
         if self.path.exists():
             self._load()
 
     # ------------------------------------------------------------------ reads
     def __len__(self) -> int:
-        """Number of labels bought (pending and skipped samples are not)."""
-        return len(self._entries)
+        """Number of training labels bought (audit labels, pending and skipped samples are not)."""
+        return sum(1 for e in self._entries if not is_audit(e.query_token))
 
     @property
     def entries(self) -> tuple[LedgerEntry, ...]:
+        """Every label bought, training and audit."""
         return tuple(self._entries)
 
     def labeled_ids(self) -> np.ndarray:
-        return np.array([e.sample_id for e in self._entries], dtype=np.int64)
+        """Ids of the training labels (never the audit labels)."""
+        return np.array([e.sample_id for e in self._entries if not is_audit(e.query_token)], dtype=np.int64)
 
     def labels(self) -> np.ndarray:
-        values = [e.label for e in self._entries]
+        """Training labels, in the order of :meth:`labeled_ids`."""
+        return self._values([e for e in self._entries if not is_audit(e.query_token)])
+
+    def audit_ids(self) -> np.ndarray:
+        """Ids of the audit labels bought (in purchase order)."""
+        return np.array([e.sample_id for e in self._entries if is_audit(e.query_token)], dtype=np.int64)
+
+    def audit_labels(self) -> np.ndarray:
+        """Audit labels, in the order of :meth:`audit_ids`."""
+        return self._values([e for e in self._entries if is_audit(e.query_token)])
+
+    def reserved_ids(self) -> np.ndarray:
+        """Audit samples set aside for later audit queries (neither bought nor in the pool)."""
+        return np.array(sorted(self._reserved), dtype=np.int64)
+
+    def _values(self, entries: list[LedgerEntry]) -> np.ndarray:
+        values = [e.label for e in entries]
         if self.task == "regression":
             return np.array(values, dtype=np.float64)
         return np.array(values, dtype=np.int64)
@@ -152,8 +187,8 @@ class LabelLedger:
         return tuple(self._skipped.values())
 
     def unavailable_ids(self) -> np.ndarray:
-        """Ids that are not in the pool: labeled, pending or skipped."""
-        ids = set(self._ids) | set(self._skipped) | set(self.pending_ids().tolist())
+        """Ids that are not in the pool: labeled (audit labels too), pending, skipped or reserved for audit."""
+        ids = set(self._ids) | set(self._skipped) | set(self.pending_ids().tolist()) | self._reserved
         return np.array(sorted(ids), dtype=np.int64)
 
     def label_of(self, sample_id: int) -> LedgerEntry | None:
@@ -194,6 +229,7 @@ class LabelLedger:
             self._entries.extend(new)
             self._tokens[query_token] = ids
             self._ids.update(ids)
+            self._reserved.difference_update(ids)
 
     def request(
         self, sample_ids: np.ndarray, *, cycle: int, strategy: str, query_token: str, info: dict[str, Any],
@@ -208,6 +244,16 @@ class LabelLedger:
         with self._transaction():
             self._tokens[query_token] = ids
             self._pending[query_token] = {"cycle": int(cycle), "strategy": strategy, "requested": utc_now(), **info}
+            self._reserved.difference_update(ids)
+
+    def reserve(self, sample_ids: np.ndarray) -> None:
+        """Set ``sample_ids`` aside for later audit queries: out of the pool from now on (once per run)."""
+        ids = {int(i) for i in np.asarray(sample_ids).reshape(-1)}
+        taken = ids & (set(self._ids) | set(self._skipped) | set(self.pending_ids().tolist()))
+        if taken:
+            raise LedgerError(f"cannot reserve samples already labeled, pending or skipped: {sorted(taken)[:10]}")
+        with self._transaction():
+            self._reserved = ids
 
     def update_request(self, query_token: str, **info: Any) -> None:
         """Add ``info`` to a pending query's record (e.g. where the labeling tool shows it)."""
@@ -277,6 +323,8 @@ class LabelLedger:
             raise LedgerError(f"query {query_token!r} is already in the ledger")
         ids = [int(i) for i in np.asarray(sample_ids).reshape(-1)]
         taken = set(self.unavailable_ids().tolist())
+        if is_audit(query_token):  # the audit reserve is for audit queries
+            taken -= self._reserved
         twice = [i for i in ids if i in taken]
         if twice or len(set(ids)) != len(ids):
             raise LedgerError(f"samples already labeled, pending or skipped, refusing to buy them again: {twice[:10]}")
@@ -286,12 +334,12 @@ class LabelLedger:
     def _transaction(self) -> Iterator[None]:
         """Apply changes in memory, then persist; on any failure memory is restored (the change did not happen)."""
         saved = (list(self._entries), dict(self._tokens), {k: dict(v) for k, v in self._pending.items()},
-                 dict(self._skipped), set(self._ids))
+                 dict(self._skipped), set(self._ids), set(self._reserved))
         try:
             yield
             self._save()
         except BaseException:
-            self._entries, self._tokens, self._pending, self._skipped, self._ids = saved
+            self._entries, self._tokens, self._pending, self._skipped, self._ids, self._reserved = saved
             raise
 
     def _save(self) -> None:
@@ -306,6 +354,8 @@ class LabelLedger:
             "pending": self._pending,
             "skipped": [[s.sample_id, s.query_token, s.reason, s.by, s.at] for s in self._skipped.values()],
         }
+        if self._reserved:
+            payload["audit-reserve"] = sorted(self._reserved)
         atomic_write_text(self.path, json.dumps(payload))
         self._remember()
 
@@ -315,13 +365,14 @@ class LabelLedger:
 
     def _remember(self) -> None:
         state = (tuple(self._entries), {k: tuple(v) for k, v in self._tokens.items()},
-                 {k: dict(v) for k, v in self._pending.items()}, dict(self._skipped))
+                 {k: dict(v) for k, v in self._pending.items()}, dict(self._skipped), frozenset(self._reserved))
         _READ_CACHE[str(self.path)] = (self._file_key(), state)
 
     def _load(self) -> None:
         cached = _READ_CACHE.get(str(self.path))
         if cached is not None and cached[0] == self._file_key():
-            entries, tokens, pending, skipped = cached[1]
+            entries, tokens, pending, skipped, reserved = cached[1]
+            self._reserved = set(reserved)
             self._entries = list(entries)
             self._tokens = {k: list(v) for k, v in tokens.items()}
             self._pending = {k: dict(v) for k, v in pending.items()}
@@ -340,6 +391,7 @@ class LabelLedger:
             self._pending = {str(k): dict(v) for k, v in payload.get("pending", {}).items()}
             self._skipped = {int(s[0]): Skip(int(s[0]), str(s[1]), str(s[2]), str(s[3]), str(s[4]))
                              for s in payload.get("skipped", [])}
+            self._reserved = {int(i) for i in payload.get("audit-reserve", [])}
         except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
             raise LedgerError(f"label ledger {self.path} is unreadable: {err}") from err
         self._ids = {e.sample_id for e in self._entries}

@@ -97,13 +97,16 @@ class ClientSession:
         return self.data.ids[mask], self.inputs(np.flatnonzero(mask))
 
     def ensure_initial_labels(self) -> None:
-        """Buy the initial random labels once (seeded by run seed and partition)."""
+        """Buy the initial labels once: the partition file's, else random (seeded by run seed and partition)."""
         if self.ledger.purchase(INITIAL_TOKEN) is not None:
             return
-        n = len(self.data.ids)
-        count = self.cfg.initial_count(n)
-        rng = np.random.default_rng([self.cfg.seed, self.partition_id, 0])
-        chosen = np.sort(self.data.ids[rng.choice(n, size=count, replace=False)]) if count else np.zeros(0, np.int64)
+        if self.data.initial_ids is not None:  # named by the partition file
+            chosen = self.data.initial_ids
+        else:
+            n = len(self.data.ids)
+            count = self.cfg.initial_count(n)
+            rng = np.random.default_rng([self.cfg.seed, self.partition_id, 0])
+            chosen = np.sort(self.data.ids[rng.choice(n, size=count, replace=False)]) if count else np.zeros(0, np.int64)
         self.buy(chosen, cycle=0, strategy="initial-random", token=INITIAL_TOKEN, can_wait=True)
 
     @property

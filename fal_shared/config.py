@@ -26,6 +26,7 @@ from pydantic import ValidationError, model_validator
 
 from fal_shared.settings.ahfal import AhfalSettings
 from fal_shared.settings.baselines import BaselineSettings
+from fal_shared.settings.campaign import CampaignSettings
 from fal_shared.settings.common import SettingsBase as _Base
 from fal_shared.settings.common import setting
 from fal_shared.settings.fairfal import FairfalSettings
@@ -65,8 +66,9 @@ class ExperimentSettings(_Base):
     data_root: str = setting("", "data-root", "Folder holding the dataset files (not needed for digits/diabetes).", unit="path")
     model: str = setting(
         "auto", "model",
-        "Model: auto, resnet8, cnn4conv, mobilenetv2, small-cnn, mlp, linear. auto = small-cnn for digits, "
-        "cnn4conv for (fashion-)mnist, resnet8 for cifar/svhn, linear for regression.",
+        "Model: auto, resnet8, preact-resnet8 (the AHFAL reference code's pre-activation ResNet-8), cnn4conv, "
+        "mobilenetv2, small-cnn, mlp, linear. auto = small-cnn for digits, cnn4conv for (fashion-)mnist, resnet8 for "
+        "cifar/svhn, linear for regression.",
     )
     seed: int = setting(0, "seed", "Seed of partitions, initial labels, model inits, shuffles and selections.")
     num_clients: int = setting(
@@ -76,11 +78,20 @@ class ExperimentSettings(_Base):
         "(their node config; in simulation num-supernodes) and starts with those connected (see train-min-fraction). "
         "N > 0 = exactly N nodes must connect.", ge=0,
     )
-    partition: Literal["iid", "dirichlet", "dirichlet-balanced"] = setting(
+    partition: Literal["iid", "dirichlet", "dirichlet-balanced", "file"] = setting(
         "dirichlet", "partition",
         "Split of the training set over clients: iid, dirichlet (label Dirichlet, Hsu et al. 2019), "
-        "dirichlet-balanced (equal-size clients, LoGo/FairFAL dir_balance).",
+        "dirichlet-balanced (equal-size clients, LoGo/FairFAL dir_balance), file (the clients' samples, and "
+        "optionally their initial labels, read from partition-file).",
         source="Hsu et al. 2019; LoGo util/data_simulator.py",
+    )
+    partition_file: str = setting(
+        "", "partition-file",
+        "With partition=file: absolute path of a fal-partition/1 JSON file naming each client's training sample "
+        "ids (positions in the training split) and optionally its initial labeled ids, which then replace the "
+        "seeded initial-labeled-fraction draw; an agreed split, or another code base's (benchmarks/run_parity.py). "
+        "Checked before any process starts (fal-simulate, fal-sweep) and by every client.",
+        unit="path", source="fal_shared/data/partition_file.py (format)",
     )
     alpha: float = setting(0.5, "alpha", "Dirichlet concentration over labels (smaller = more non-IID).", source="AHFAL 0.1-1.0; FairFAL 0.1/100")
     long_tail_factor: float = setting(
@@ -223,7 +234,7 @@ class RuntimeSettings(_Base):
 
 
 class RunConfig(
-    FealSettings, KafalSettings, RegressionBaselineSettings, FaleSettings, FairfalSettings, AhfalSettings,
+    CampaignSettings, FealSettings, KafalSettings, RegressionBaselineSettings, FaleSettings, FairfalSettings, AhfalSettings,
     BaselineSettings, FailureSettings, LabelingSettings,
     RuntimeSettings, QuerySettings, TrainingSettings, ScheduleSettings, ExperimentSettings):
     """Every run-config key.
@@ -258,6 +269,7 @@ class RunConfig(
             raise ValueError(f"test-fraction: must be in (0, 1), got {self.test_fraction}")
         if self.long_tail_factor < 1:
             raise ValueError(f"long-tail-factor: must be >= 1 (1 = balanced), got {self.long_tail_factor}")
+        self._check_partition_file()
         if self.budget_mode == "fraction":
             total = self.initial_labeled_fraction + self.num_cycles * self.budget_fraction
             if total > 1 + 1e-9:
@@ -303,6 +315,26 @@ class RunConfig(
                 f'classification; use one of {image_models} (or "auto")'
             )
         return self
+
+    def _check_partition_file(self) -> None:
+        if self.partition != "file":
+            if self.partition_file:
+                raise ValueError(f'partition-file: is set ({self.partition_file!r}) but partition is {self.partition!r}; '
+                                 'set partition = "file" to use it')
+            return
+        if not self.partition_file:
+            raise ValueError('partition-file: partition = "file" needs partition-file = "<absolute path of a '
+                             'fal-partition/1 JSON file>"')
+        if not Path(self.partition_file).expanduser().is_absolute():
+            raise ValueError(f"partition-file: must be an absolute path (clients may run in other folders), "
+                             f"got {self.partition_file!r}")
+        if self.task != "classification":
+            raise ValueError('partition: "file" is for classification data sets (regression splits its own test set)')
+        for key, value, neutral in (("train-subset-size", self.train_subset_size, 0),
+                                    ("long-tail-factor", self.long_tail_factor, 1.0)):
+            if value != neutral:
+                raise ValueError(f'{key}: must be {neutral} with partition = "file" (the file already names every '
+                                 f"client's samples), got {value}")
 
     # ----------------------------------------------------------------- helpers
     def budget_for(self, client_size: int, remaining_pool: int) -> int:

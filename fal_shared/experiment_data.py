@@ -16,9 +16,10 @@ import numpy as np
 from fal_shared.config import RunConfig
 from fal_shared.data.classification import load_classification, long_tail_indices
 from fal_shared.data.partition import partition_indices
+from fal_shared.data.partition_file import PartitionFile, read_partition_file
 from fal_shared.data.regression import Standardizer, constant_columns, load_regression, regression_split
 
-__all__ = ["ClientData", "TestData", "client_data", "test_data"]
+__all__ = ["ClientData", "TestData", "check_data", "client_data", "test_data"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class ClientData:
     task: str
     #: regression: the (features, target) standardisers, so a person sees and gives values in the data's own units
     units: tuple[Standardizer, Standardizer] | None = None
+    #: global ids of the initial labeled set when the partition file names it (else a seeded draw)
+    initial_ids: np.ndarray | None = None
 
     def rows(self, sample_ids: np.ndarray) -> np.ndarray:
         """Positions of global ``sample_ids`` in this partition."""
@@ -117,6 +120,21 @@ def check_partition(partition_id: int, num_partitions: int) -> None:
         )
 
 
+def partition_file(cfg: RunConfig, num_partitions: int | None = None) -> PartitionFile:
+    """The run's checked partition file (``partition = "file"``) against the training split's labels."""
+    train, _ = _classification(cfg.dataset, cfg.data_root, cfg.long_tail_factor, cfg.seed, 0)
+    return read_partition_file(cfg.partition_file, labels=train.y, dataset=cfg.dataset,
+                               num_clients=num_partitions or cfg.num_clients or None)
+
+
+def check_data(cfg: RunConfig) -> TestData:
+    """Load what a run needs on this machine: a missing or corrupt data or partition file fails here."""
+    test = test_data(cfg)
+    if cfg.partition == "file":
+        partition_file(cfg)
+    return test
+
+
 def client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> ClientData:
     """The partition of client ``partition_id`` out of ``num_partitions``."""
     check_partition(partition_id, num_partitions)
@@ -129,8 +147,14 @@ def client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> Clien
         return ClientData(ids, x[ids], y[ids], x[share], y[share], 1, (x.shape[1],), None, "regression", units)
     train, _ = _classification(cfg.dataset, cfg.data_root, cfg.long_tail_factor, cfg.seed, cfg.train_subset_size)
     test = _classification_test(cfg.dataset, cfg.data_root, cfg.seed, cfg.test_subset_size)
-    ids = _partitions(cfg.dataset, cfg.data_root, cfg.long_tail_factor, cfg.seed, cfg.train_subset_size,
-                      num_partitions, cfg.partition, cfg.alpha)[partition_id]
+    initial = None
+    if cfg.partition == "file":
+        split = partition_file(cfg, num_partitions)
+        ids = split.ids[partition_id]
+        initial = split.initial[partition_id] if split.initial is not None else None
+    else:
+        ids = _partitions(cfg.dataset, cfg.data_root, cfg.long_tail_factor, cfg.seed, cfg.train_subset_size,
+                          num_partitions, cfg.partition, cfg.alpha)[partition_id]
     share = _test_share(len(test.y), partition_id, num_partitions, cfg.seed)
     return ClientData(
         ids=ids,
@@ -142,6 +166,7 @@ def client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> Clien
         input_shape=tuple(train.x.shape[1:]),
         normalize=(train.scale, train.mean, train.std),
         task="classification",
+        initial_ids=initial,
     )
 
 

@@ -74,11 +74,12 @@ def resolve_overrides(
     # ServerApp resolves the strategy's own defaults the same way
     cfg, _ = resolve_run_config(overrides, explicit=set(overrides))
     create_strategy(cfg)  # unknown strategy / unsupported task / a value the strategy cannot run with fail here
-    from fal_shared.experiment_data import test_data
+    from fal_shared.experiment_data import check_data
     from fal_shared.models import check_model_fits
 
-    test = test_data(cfg)  # a missing or corrupt data file fails here, before any Flower process starts
+    test = check_data(cfg)  # a missing or corrupt data (or partition) file fails here, before any Flower process starts
     check_model_fits(cfg.resolved_model(), input_shape=test.input_shape, num_outputs=test.num_classes, dataset=cfg.dataset)
+    check_campaign(cfg)  # audit samples that do not fit a site, a tracker that cannot be reached
     run_name = resolve_run_name(cfg)
     folder = output_folder(cfg, run_name).resolve()
     overrides.update({
@@ -87,6 +88,20 @@ def resolve_overrides(
         "state-dir": str(cfg.state_root()),
     })
     return resolve_run_config(overrides, explicit=set(overrides))[0], overrides, folder
+
+
+def check_campaign(cfg: RunConfig) -> None:
+    """Raise ValueError for an audit sample that does not fit some site's data, or a tracker that cannot work."""
+    from server_app.tracking import check_tracker
+
+    if cfg.audit_on:
+        from fal_shared.experiment_data import client_data
+
+        sizes = {p: len(client_data(cfg, p, cfg.num_clients).ids) for p in range(cfg.num_clients)}
+        problem = cfg.audit_size_error(sizes)
+        if problem:
+            raise ValueError(problem)
+    check_tracker(cfg)
 
 
 def check_results(folder: Path) -> dict[str, Any]:

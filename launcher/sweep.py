@@ -143,15 +143,39 @@ def _finished(spec: RunSpec) -> bool:
 def _check_data(sweep: Sweep) -> None:
     """Load every distinct data set once: a missing or corrupt file fails before any run starts."""
     from fal_shared.config import parse_run_config
-    from fal_shared.experiment_data import test_data
+    from fal_shared.experiment_data import check_data
 
     seen = set()
     for spec in sweep.runs:
         cfg = parse_run_config(spec.config)
-        key = (cfg.dataset, cfg.data_root, cfg.num_clients, cfg.seed if cfg.task == "regression" else 0)
+        key = (cfg.dataset, cfg.data_root, cfg.num_clients, cfg.seed if cfg.task == "regression" else 0, cfg.partition_file)
         if key not in seen:
             seen.add(key)
-            test_data(cfg)
+            check_data(cfg)
+
+
+def _name_tracking_experiment(sweep: Sweep) -> list[RunSpec]:
+    """With ``tracker = "mlflow"``: the sweep's runs go to one MLflow experiment named after the sweep (unless the
+    file sets ``tracking-experiment``); the tracked runs."""
+    tracked = [r for r in sweep.runs if r.config.get("tracker", "off") != "off"]
+    for spec in tracked:
+        if not spec.config.get("tracking-experiment"):
+            spec.config["tracking-experiment"] = sweep.name
+    return tracked
+
+
+def _track_sweep(sweep: Sweep, tracked: list[RunSpec]) -> None:
+    """The sweep's parent run in its experiment (created here, found again when the sweep is resumed): every
+    tracked run becomes its child (server_app/tracking.py)."""
+    if not tracked:
+        return
+    from fal_shared.config import parse_run_config
+    from server_app.tracking import check_tracker, ensure_sweep_parent
+
+    cfg = parse_run_config(tracked[0].config)
+    check_tracker(cfg)
+    ensure_sweep_parent(cfg, {"sweep-file": str(sweep.path.resolve()), "runs": len(sweep.runs),
+                              "grid": json.dumps(sweep.grid)})
 
 
 def _write_manifest(sweep: Sweep, output: Path, extra: dict[str, Any]) -> None:
@@ -343,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep.expand(output, _parse_set(args.set))
         sweep.runs = _select(sweep.runs, args.where)
         _check_data(sweep)
+        tracked = _name_tracking_experiment(sweep)
         todo = [r for r in sweep.runs if not _finished(r)]
     except (ConfigError, ValueError, OSError) as err:
         print(f"[sweep] FAILED before any run started: {err}", file=sys.stderr)
@@ -354,6 +379,11 @@ def main(argv: list[str] | None = None) -> int:
         for r in sweep.runs:
             print(f"  {'skip' if r not in todo else 'run '} {r.name}")
         return 0
+    try:
+        _track_sweep(sweep, tracked)
+    except (ConfigError, ValueError, OSError) as err:
+        print(f"[sweep] FAILED before any run started: {err}", file=sys.stderr)
+        return 2
     logs = output / "logs"
     for r in todo:
         (logs / f"{r.name}.started").unlink(missing_ok=True)

@@ -42,6 +42,7 @@ _VERSION = 1
 MAY_CHANGE_ON_RESUME = frozenset({
     "label-poll-seconds", "label-wait-seconds", "label-wait-quorum", "node-wait-seconds",
     "reply-timeout-seconds", "query-retries", "device", "client-threads",
+    "tracker", "tracking-uri", "tracking-experiment",  # where the live curves go (server_app/tracking.py)
 })
 
 

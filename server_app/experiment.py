@@ -50,6 +50,7 @@ from fal_shared.experiment_data import test_data
 from fal_shared.heads import set_head
 from fal_shared.models import build_model, check_model_fits
 from fal_shared.training import DEVICE_CACHE, evaluate, pick_device
+from server_app.campaign import Campaign
 from server_app.checkpoint import Checkpoint
 from server_app.labels import wait_for_labels
 from server_app.membership import NodeMembership
@@ -97,6 +98,7 @@ class Experiment(NodeMembership):
             self._load_test_data(cfg.num_clients or None)
         self._input_shape: tuple[int, ...] | None = self.test.input_shape if self.test else None
         self._has_batchnorm: bool | None = None
+        self.campaign = Campaign(self)  # audit estimates, stopping rules, calibration check, tracker
 
     def _load_test_data(self, num_partitions: int | None) -> None:
         self.test = test_data(self.cfg, num_partitions)
@@ -219,10 +221,23 @@ class Experiment(NodeMembership):
         return cycle, stage, saved["arrays"]
 
     def run(self) -> dict[str, Any]:
+        try:
+            data = self._run()
+        except BaseException as err:
+            from server_app.labels import LabelsPending
+
+            self.campaign.close("waiting-for-labels" if isinstance(err, LabelsPending) else "failed")
+            raise
+        self.campaign.close("completed")
+        return data
+
+    def _run(self) -> dict[str, Any]:
         cfg = self.cfg
         self.discover()
         if self.resume is None:
             self.check_budgets()  # (on resume the pools hold the labels bought since)
+        if self.resume is None:
+            self.campaign.setup()  # audit samples: bought with (and waited for with) the initial labels
         if cfg.evaluation == "central" and self.test is None:  # num-clients=0: the partitions are known now
             self._load_test_data(self.num_partitions)
             self._input_shape = self.test.input_shape
@@ -238,16 +253,19 @@ class Experiment(NodeMembership):
             arrays = self.fresh_model(0)
         else:
             start, stage, arrays = self._restore(self.resume)
+        stop = None
         for cycle in range(start, cfg.num_cycles + 1):
             lost_before = len(self.messenger.lost)
-            if stage:  # resumed within this cycle: its training and evaluation are done
+            if stage:  # resumed within this cycle: its training, evaluation and campaign numbers are done
                 record, seconds, before = self.resume["record"], self.resume["seconds"], self.resume["traffic-before"]
             else:
                 record, seconds, before, arrays = self._train_and_evaluate(cycle, arrays, total_data)
-            if cycle < cfg.num_cycles:
+                stop = self.campaign.measure(cycle, arrays, record)  # before selecting; may stop the run here
+            if cycle < cfg.num_cycles and stop is None:
                 if stage != "labels":
                     self._save_checkpoint(cycle, "query", arrays, record, seconds, before)
                     arrays, pending = self._query(cycle, arrays, record, seconds)
+                    pending = self.campaign.pending(pending)  # audit top-up and random share labels too
                     self._save_checkpoint(cycle, "labels", arrays, record, seconds, before)
                 else:  # stopped while waiting: every site says again what it still waits for
                     pending = {p: 1 for p in self.clients}
@@ -261,6 +279,10 @@ class Experiment(NodeMembership):
             if len(self.messenger.lost) > lost_before:
                 record["lost-clients"] = self.messenger.lost[lost_before:]
             self.recorder.add_cycle(record)
+            self.campaign.cycle_done(record)
+            if stop is not None:
+                self.recorder.data["stop"] = {"cycle": cycle, "reason": stop}
+                break
         final = self.recorder.data["cycles"][-1]["evaluation"]
         totals = {"traffic": self.meter.snapshot(), "final-evaluation": final}
         self.recorder.finish("completed", totals=totals)
@@ -330,7 +352,7 @@ class Experiment(NodeMembership):
     def _query(self, cycle: int, arrays: ArrayRecord, record: dict[str, Any], seconds: dict[str, float]) -> tuple[ArrayRecord, dict[int, int]]:
         """The strategy's query phase; the model to go on with, and the labels still pending per partition."""
         t0 = time.perf_counter()
-        phase = QueryPhase(self, cycle, arrays, self.budgets())
+        phase = QueryPhase(self, cycle, arrays, self.campaign.query_budgets(cycle, arrays, self.budgets(), record))
         self.messenger.compute_seconds.clear()
         self.strategy.query(phase)
         seconds["query"] = time.perf_counter() - t0

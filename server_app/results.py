@@ -91,6 +91,7 @@ class ResultsRecorder:
             for kind, entry in c.get("traffic", {}).items():
                 row[f"bytes-{kind}"] = entry["bytes-sent"] + entry["bytes-received"]
             row["selected"] = sum(len(v) for v in c.get("selected-ids", {}).values())
+            row.update(_campaign_columns(c.get("campaign")))
             rows.append(row)
         fields: list[str] = []
         for row in rows:
@@ -100,3 +101,20 @@ class ResultsRecorder:
         writer.writeheader()
         writer.writerows(rows)
         return out.getvalue()
+
+
+def _campaign_columns(camp: dict[str, Any] | None) -> dict[str, Any]:
+    """The campaign's headline numbers (server_app/campaign.py) as cycles.csv columns."""
+    if not camp:
+        return {}
+    row: dict[str, Any] = {}
+    for arm in ("audit", "random"):
+        pooled = (camp.get(arm) or {}).get("pooled")
+        if pooled:
+            row.update({f"{arm}-estimate": pooled["estimate"], f"{arm}-ci-low": pooled["ci-low"],
+                        f"{arm}-ci-high": pooled["ci-high"]})
+    cal = camp.get("calibration") or {}
+    row.update({k: cal[k] for k in ("ece", "auroc") if cal.get(k) is not None})
+    if camp.get("stop"):
+        row["stop"] = camp["stop"]
+    return row

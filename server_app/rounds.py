@@ -40,8 +40,9 @@ class CycleFedAvg(FedAvg):
     the lr follows LoGo's per-round schedule (:meth:`RunConfig.lr_for_round`).
     """
 
-    def __init__(self, exp: "Experiment", cycle: int) -> None:
+    def __init__(self, exp: "Experiment", cycle: int, *, message_type: str = MessageType.TRAIN) -> None:
         super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=1)
+        self.message_type = message_type  # query.shadow_train: the campaign's shadow model (server_app/campaign.py)
         self.exp = exp
         self.cfg = exp.cfg
         self.messenger = exp.messenger
@@ -62,7 +63,7 @@ class CycleFedAvg(FedAvg):
             Message(
                 content=self.messenger.with_run_name(RecordDict({"arrays": arrays, "config": conf})),
                 dst_node_id=node,
-                message_type=MessageType.TRAIN,
+                message_type=self.message_type,
             )
             for node in self.sent
         ]

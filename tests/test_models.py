@@ -13,6 +13,8 @@ from fal_shared.models import MODEL_NAMES, build_model
     [
         ("resnet8", (3, 32, 32), 64),
         ("resnet8", (1, 28, 28), 64),
+        ("preact-resnet8", (1, 28, 28), 64),
+        ("preact-resnet8", (3, 32, 32), 64),
         ("cnn4conv", (1, 28, 28), 64),  # 28 -> 1x1 after 4 pools: 64 features (spec)
         ("cnn4conv", (3, 32, 32), 256),  # 32 -> 2x2: 256 features (spec)
         ("mobilenetv2", (3, 32, 32), 1280),
@@ -31,6 +33,21 @@ def test_resnet8_is_the_16_32_64_backbone():
     model = build_model("resnet8", input_shape=(3, 32, 32), num_outputs=10)
     convs = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
     assert convs == [16, 16, 16, 32, 32, 64, 64]  # stem + one BasicBlock (2 convs) per stage
+
+
+def test_preact_resnet8_is_the_reference_codes_pre_activation_layout():
+    """dgitj/FAL models/preact_resnet_mnist.py: 77,562 parameters and 487 buffer values for MNIST, 10 classes
+    (its state dict loads into this model key by key and gives the same outputs, checked against the checkout)."""
+    model = build_model("preact-resnet8", input_shape=(1, 28, 28), num_outputs=10, seed=0)
+    assert sum(p.numel() for p in model.parameters()) == 77_562
+    assert sum(b.numel() for b in model.buffers()) == 487
+    stem, *blocks, final_bn = list(model.body)[:5]
+    assert isinstance(stem, torch.nn.Conv2d)  # no BN/ReLU after the stem: each block pre-activates its input
+    assert isinstance(final_bn, torch.nn.BatchNorm2d) and final_bn.num_features == 64
+    shortcuts = [b.shortcut for b in blocks]
+    assert shortcuts[0] is None and all(isinstance(s, torch.nn.Conv2d) and s.kernel_size == (1, 1) for s in shortcuts[1:])
+    w = blocks[2].conv2.weight  # He-normal, fan-out: std sqrt(2 / (3 * 3 * 64))
+    assert abs(float(w.std()) - (2 / (9 * 64)) ** 0.5) < 0.01
 
 
 def test_linear_model_features_are_its_inputs():
