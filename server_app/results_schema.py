@@ -15,6 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from server_app.results_schema_campaign import MODELS as CAMPAIGN_MODELS
+from server_app.results_schema_campaign import Campaign, CampaignWarning, RunStop, Tracking
+
 __all__ = ["ResultsFile", "validate_results", "MODELS"]
 
 
@@ -173,6 +176,7 @@ class Cycle(_Closed):
     seconds: Seconds = _f("wall time per phase")
     traffic: dict[str, Traffic] = _f("per message kind (train, evaluate, query.setup, query.select, ...) this cycle")
     lost_clients: list[LostClient] | None = _f("clients lost this cycle", None, alias="lost-clients")
+    campaign: Campaign | None = _f("the campaign's numbers (audit-size, stop-when, random-share)", None)
 
 
 class Client(_Closed):
@@ -209,11 +213,15 @@ class ResultsFile(_Closed):
     initial_labeling: Labeling | None = _f("people labeling: the wait for the initial labels", None,
                                            alias="initial-labeling")
     resumed: list[str] | None = _f("UTC times the run was resumed (same run-name)", None)
+    stop: RunStop | None = _f("stop-when stopped the run before num-cycles", None)
+    campaign_warnings: list[CampaignWarning] | None = _f("the calibration check's warnings", None,
+                                                                  alias="campaign-warnings")
+    tracking: Tracking | None = _f("tracker = mlflow: where the curves are", None)
     totals: Totals = _f("empty while running; the run's totals once it ended")
 
 
 MODELS: list[type[BaseModel]] = [ResultsFile, Client, Cycle, Evaluation, Seconds, Traffic, LostClient, Labeling,
-                                 StrategyRecord, AhfalRecord, FaleRecord, Totals]
+                                 StrategyRecord, AhfalRecord, FaleRecord, Totals, *CAMPAIGN_MODELS]
 
 
 def validate_results(data: dict[str, Any]) -> ResultsFile:

@@ -25,6 +25,13 @@ RUNS = {
     "ahfal-secure": {"strategy": "ahfal", "ahfal-secure-sum": True},
     "fairfal": {"strategy": "fairfal", "local-only-epochs": 2},
     "fale": {"strategy": "fale", "dataset": "diabetes", "num-cycles": 2},
+    # the campaign (server_app/campaign.py): audit labels with top-ups, the random share's shadow model, every
+    # rule, a calibration warning (no model is that calibrated), the MLflow tracker in a local store
+    "campaign": {"strategy": "entropy", "audit-size": 0.2, "audit-topup": 2, "random-share": 0.5,
+                 "calibration-max-ece": 1e-6, "tracker": "mlflow"},
+    "campaign-regression": {"strategy": "random", "dataset": "diabetes", "audit-size": 0.2},
+    # stopped before the last cycle: every normalised entropy is below 1.0
+    "campaign-stop": {"strategy": "entropy", "stop-when": "max-uncertainty", "stop-max-uncertainty": 1.0},
 }
 
 
@@ -37,7 +44,21 @@ def _run(small_run, name: str) -> dict:
 def test_a_real_runs_results_json_validates(small_run, name):
     data = _run(small_run, name)
     results = validate_results(data)
-    assert results.status == "completed" and len(results.cycles) == data["config"]["num-cycles"] + 1
+    cycles = 1 if name == "campaign-stop" else data["config"]["num-cycles"] + 1
+    assert results.status == "completed" and len(results.cycles) == cycles
+    if name.startswith("campaign"):
+        camp = results.cycles[0].campaign
+        assert camp is not None and camp.rules and camp.measured is not None
+        if name == "campaign":
+            assert camp.audit.metric == "accuracy" and camp.audit.pooled.n > 0 and camp.random.pooled is not None
+            assert camp.calibration.ece is not None and results.campaign_warnings
+            assert results.cycles[1].campaign.random_share_bought > 0
+            assert results.tracking.tracker == "mlflow" and results.tracking.run_id
+        if name == "campaign-regression":
+            assert camp.audit.metric == "mse" and camp.calibration is None
+        if name == "campaign-stop":
+            assert results.stop.cycle == 0 and "max-uncertainty" in results.stop.reason
+            return
     queried = [c for c in results.cycles if c.strategy is not None]
     assert queried, "every run queries at least once"
     record = queried[0].strategy
