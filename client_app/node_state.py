@@ -2,7 +2,7 @@
 
 Flower gives a ClientApp ``context.state``, a RecordDict that lives in the
 SuperNode's memory and is gone when the SuperNode restarts. The failure policy
-(README "Deployment", *Losing a site*) re-admits a restarted node in the middle
+(docs/explanation/failures.md, *Losing a site*) re-admits a restarted node in the middle
 of a run; for that node to finish a multi-message protocol it started (FALE's
 FedSVD masks, AHFAL's secure-sum keys) or to query with the model it trained
 before (``query-model=local``, FEAL), those records must survive. A

@@ -1,6 +1,6 @@
 """BatchNorm running statistics that match the weights they are used with.
 
-Why this exists (README "Paper scale"): a BatchNorm layer normalises with the
+Why this exists (docs/explanation/batchnorm.md): a BatchNorm layer normalises with the
 batch's statistics in training and with its *running* statistics in eval mode
 (evaluation, pool scoring). The running statistics are an exponential moving
 average (momentum 0.1) over the last few training steps. Two things make them

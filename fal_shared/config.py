@@ -7,9 +7,10 @@ key has one name, type, unit, default and source.
 
 Method-specific settings live in their own mixin classes (``ahfal_*``,
 ``fairfal_*``, ...) which :class:`RunConfig` inherits; a method adds its
-settings by adding a mixin, and the pyproject table and the README table are
-generated from the model (``python -m fal_shared.config --toml / --markdown``)
-and checked by the tests, so code, pyproject and docs cannot drift.
+settings by adding a mixin; the pyproject table is generated from the model
+(``python -m fal_shared.config --write``, checked by tests/test_config.py) and
+so is the docs' run-config reference page (at docs build time, from
+:func:`settings_table`), so code, pyproject and docs cannot drift.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ class TrainingSettings(_Base):
         "bn-statistics-samples per client) and send per-channel moment sums, the server installs the pooled mean and variance (and a client's local / local-only model gets its "
         "own data's statistics) - precise BN (Wu & Johnson 2021) made federated; average: the running buffers are "
         "averaged with the weights, as the LoGo, FairFAL and AHFAL reference code does. No effect on models without BatchNorm.",
-        source="README 'Paper scale'; reference code: average",
+        source="docs: the BatchNorm collapse; reference code: average",
     )
     bn_statistics_samples: int = setting(
         1024, "bn-statistics-samples",
@@ -439,7 +440,7 @@ def _fields():
 
 
 def toml_value(value: Any) -> str:
-    """A scalar as a TOML literal (for pyproject, the README and ``flwr run --run-config``)."""
+    """A scalar as a TOML literal (for pyproject, the docs and ``flwr run --run-config``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
@@ -463,11 +464,6 @@ def settings_table(model: type = RunConfig) -> str:
     return "\n".join(rows)
 
 
-_TABLE_START, _TABLE_END = "<!-- run-config-table:start -->", "<!-- run-config-table:end -->"
-_STRATEGIES_START, _STRATEGIES_END = "<!-- strategies-table:start -->", "<!-- strategies-table:end -->"
-_NODE_START, _NODE_END = "<!-- node-config-table:start -->", "<!-- node-config-table:end -->"
-
-
 def strategies_table() -> str:
     """A markdown table of the registered strategies (imports the strategies package)."""
     from strategies import STRATEGIES
@@ -478,32 +474,22 @@ def strategies_table() -> str:
     return "\n".join(rows)
 
 
-def _replace_between(text: str, start_marker: str, end_marker: str, body: str) -> str:
-    start, end = text.index(start_marker) + len(start_marker), text.index(end_marker)
-    return text[:start] + "\n" + body + "\n" + text[end:]
 _PYPROJECT_HEADER = "[tool.flwr.app.config]\n"
 
 
 def write_generated(root: Path) -> None:
-    """Rewrite the generated parts of pyproject.toml and README.md from the model."""
+    """Rewrite the generated ``[tool.flwr.app.config]`` table of pyproject.toml from the model."""
     pyproject = root / "pyproject.toml"
     text = pyproject.read_text()
     head = text[: text.index(_PYPROJECT_HEADER) + len(_PYPROJECT_HEADER)]
     pyproject.write_text(head + pyproject_table() + "\n")
-    readme = root / "README.md"
-    text = _replace_between(readme.read_text(), _TABLE_START, _TABLE_END, settings_table())
-    if _STRATEGIES_START in text:
-        text = _replace_between(text, _STRATEGIES_START, _STRATEGIES_END, strategies_table())
-    if _NODE_START in text:
-        text = _replace_between(text, _NODE_START, _NODE_END, settings_table(NodeLabelingConfig))
-    readme.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Print or write the generated run-config tables.")
-    parser.add_argument("--markdown", action="store_true", help="print the markdown table for the README")
+    parser = argparse.ArgumentParser(description="Print the generated run-config tables, or write pyproject's.")
+    parser.add_argument("--markdown", action="store_true", help="print the markdown table (the docs generate it at build time)")
     parser.add_argument("--toml", action="store_true", help="print the [tool.flwr.app.config] body")
-    parser.add_argument("--write", action="store_true", help="update pyproject.toml and README.md in place")
+    parser.add_argument("--write", action="store_true", help="update pyproject.toml in place")
     args = parser.parse_args(argv)
     if args.write:
         write_generated(Path(__file__).resolve().parents[1])

@@ -87,7 +87,7 @@ def _regression(dataset: str, data_root: str, num_partitions: int, test_fraction
         x, y, num_partitions, test_fraction=test_fraction, alpha=alpha, seed=seed
     )
     train_idx = np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
-    # Data-provider preprocessing (documented in README "Regression data"):
+    # Data-provider preprocessing (documented in docs/reference/data.md):
     # drop columns constant on the training split (they make X^T X singular,
     # e.g. kegg-undirected's all-zero column 9), then standardise X and y with
     # statistics of the pooled training split.

@@ -126,7 +126,8 @@ def make_supernode_key(out: Path, name: str) -> tuple[Path, Path]:
     return Path(out) / f"{name}.key", Path(out) / f"{name}.pub"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the docs' command reference is generated from it)."""
     parser = argparse.ArgumentParser(prog="fal-certs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sl = sub.add_parser("superlink", help="CA (reused if DIR has one) + SuperLink TLS certificate")
@@ -137,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     sn = sub.add_parser("supernode", help="a SuperNode authentication key pair: NAME.key (keep) and NAME.pub (register)")
     sn.add_argument("dir", type=Path)
     sn.add_argument("names", nargs="+", metavar="NAME")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "superlink":
         paths = make_superlink_certificates(args.dir, args.host, days=args.days)
         print(f"CA certificate (give to every site and to flwr): {paths['ca']}")

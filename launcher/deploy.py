@@ -5,7 +5,7 @@ Starts one SuperLink and N SuperNodes as separate processes on this machine
 keeps its label ledger in ``<state-dir>``), runs the experiment with
 ``flwr run``, checks it completed, and stops every process it started. This
 is the same app and the same messages as on separate machines; only the
-addresses differ (see README "Deployment"). ``--tls`` runs it as a site
+addresses differ (see the docs: Deploy sites). ``--tls`` runs it as a site
 should: TLS with a private CA, and SuperNode authentication (each SuperNode
 has its own key pair, registered with the SuperLink before it connects).
 """
@@ -19,14 +19,19 @@ from pathlib import Path
 from launcher.cli_common import add_run_arguments, launch
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the docs' command reference is generated from it)."""
     parser = argparse.ArgumentParser(prog="fal-deploy", description=__doc__)
     add_run_arguments(parser)
     parser.add_argument("--num-supernodes", type=int, default=None,
                         help="SuperNodes to start (default: the run config's num-clients, else 10)")
     parser.add_argument("--tls", action="store_true",
                         help="TLS (a private CA made for this run) and SuperNode authentication")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     def start_nodes(env, cfg, overrides) -> None:
         for i in range(cfg.num_clients):

@@ -157,7 +157,8 @@ def import_csv(csv_path: Path, state_dir: Path, *, labeler: str = "") -> dict[st
     return {"labels": len(new) - skipped, "skipped": skipped, "still-pending": still}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the docs' command reference is generated from it)."""
     parser = argparse.ArgumentParser(prog="fal-label", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     default_state = str(Path.home() / ".fal-state")
@@ -168,7 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     im.add_argument("csv", type=Path)
     im.add_argument("--state-dir", default=default_state, help="the node's state-dir (default: ~/.fal-state)")
     im.add_argument("--labeler", default=os.environ.get("USER", ""), help="who labeled, for rows without a labeler (default: $USER)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     state_dir = Path(args.state_dir).expanduser()
     try:
         if args.command == "status":

@@ -28,13 +28,18 @@ def _load(paths: list[str]) -> list[dict]:
     return runs
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the docs' command reference is generated from it)."""
     parser = argparse.ArgumentParser(prog="fal-plot", description=__doc__)
     parser.add_argument("results", nargs="+", help="results.json files or folders")
     parser.add_argument("-o", "--output", default="learning-curves.png", help="PNG file to write")
     parser.add_argument("--group-by", default="strategy", help="run-config key that names a curve")
     parser.add_argument("--metric", default=None, help="accuracy | balanced-accuracy | mse (default: by task)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         runs = _load(args.results)
     except (FileNotFoundError, ValueError) as err:

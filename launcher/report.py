@@ -366,7 +366,8 @@ def write_report(folder: Path, *, reference: str | None = None, metric: str | No
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the docs' command reference is generated from it)."""
     parser = argparse.ArgumentParser(prog="fal-report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="a sweep folder (with sweep.json) or any folder of runs (results.json)")
     parser.add_argument("--reference", default=None, help="reference method of the paired tests (default: the sweep's)")
@@ -374,7 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=None, help="report folder (default: <folder>/report)")
     parser.add_argument("--compare", default=None,
                         help="grid axis whose values are compared in each table (default: the sweep's, else strategy)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     folder = Path(args.folder).expanduser()
     if not folder.is_dir():
         print(f"fal-report: no such folder {folder}", file=sys.stderr)

@@ -15,7 +15,8 @@ import sys
 from launcher.cli_common import add_run_arguments, launch
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the docs' command reference is generated from it)."""
     parser = argparse.ArgumentParser(prog="fal-simulate", description=__doc__)
     add_run_arguments(parser)
     parser.add_argument("--cpus-per-client", type=float, default=1.0,
@@ -23,7 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-cpus", type=int, default=None,
                         help="CPUs Ray may give ClientApps (default: the CPUs this process may run on, so "
                              "`taskset -c 0 fal-simulate` runs one ClientApp at a time)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     cpus = int(args.cpus_per_client) if float(args.cpus_per_client).is_integer() else args.cpus_per_client
     # Ray counts every core of the machine, not the ones this process is pinned to: pinned to one core it
     # started two actors that shared it, each paying the imports (seconds of CPU) and contending

@@ -160,7 +160,8 @@ def _parse_set(values: list[str]) -> dict[str, Any]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the docs' command reference is generated from it)."""
     parser = argparse.ArgumentParser(prog="fal-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", help="sweep file (TOML)")
     parser.add_argument("--output", default=None, help="sweep folder (default: ~/fal-results/sweeps/<name>)")
@@ -178,7 +179,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only the grid points with this value (repeatable), e.g. --where alpha=0.1 --where strategy=ahfal")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and what would be skipped, run nothing")
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     scope = RunScope("fal-sweep")
     try:
         with scope:

@@ -4,7 +4,7 @@ Why MLflow: its tracking URI is exactly "a local store by default, a server addr
 an option" (``sqlite:///<output-dir>/mlflow.db``, or ``http://host:port`` of a team's
 ``mlflow server``), it groups runs (an experiment per sweep, a parent run with one
 child run per sweep point), and its full package installs beside flwr 1.41's pins with
-``pip check`` clean (about 120 MB; README "Install"). TensorBoard has no server address
+``pip check`` clean (about 120 MB; docs: Install). TensorBoard has no server address
 (it reads event files from a folder) and no run hierarchy.
 
 One MLflow run per FAL run, found again by its ``fal.run-name`` tag when a stopped run

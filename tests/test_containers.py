@@ -57,7 +57,7 @@ _required = os.environ.get("FAL_REQUIRE_DOCKER", "") not in ("", "0")
 pytestmark = [
     pytest.mark.docker,
     pytest.mark.skipif(_problem is not None and not _required,
-                       reason=f"{_problem}; README \"Test\" starts an engine with docker/engine.sh"),
+                       reason=f"{_problem}; docs/guides/testing.md starts an engine with docker/engine.sh"),
 ]
 
 

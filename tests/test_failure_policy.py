@@ -9,6 +9,7 @@ The same with real processes (a SuperNode killed and restarted) is
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from client_app.ledger import LabelLedger
 from fal_shared.config import RunConfig
 from server_app.app import run_experiment
 from server_app.inprocess import InProcessGrid, run_inprocess
+from server_app.results_schema import validate_results
 
 
 def _grid(overrides, n=3):
@@ -60,6 +62,7 @@ def test_client_lost_in_a_training_round_is_left_out_and_readmitted(small_run):
     _intercept(grid, lose_partition_1_in_cycle_1_round_1)
     results = run_experiment(grid, run_config)
     assert results["status"] == "completed"
+    validate_results(json.loads(json.dumps(results)))  # the documented schema, lost-clients included
     cycles = results["cycles"]
     assert "lost-clients" not in cycles[0]
     assert cycles[1]["lost-clients"] == [

@@ -18,6 +18,7 @@ import pytest
 
 from launcher import deploy, simulate
 from launcher.flower_processes import FlowerEnvironment, RunFailed
+from server_app.results_schema import validate_results
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.flower
@@ -39,6 +40,7 @@ def test_simulation_run_completes_and_writes_results(tmp_path, capsys):
     assert rc == 0, printed
     assert "[FAL] cycle 0: accuracy=" in printed and "[FAL] completed 2 cycles" in printed
     data = json.loads((out / "sim" / "results.json").read_text())
+    validate_results(data)  # the documented schema (docs: results.json)
     assert data["status"] == "completed"
     assert data["cycles"][0]["traffic"]["query.select"]["messages-sent"] == 2
     assert (out / "sim" / "flower.log").exists()
@@ -58,6 +60,7 @@ def test_crashed_serverapp_is_a_failure_not_exit_0(tmp_path):
             env.run(run_config, federation_config="num-supernodes=2 client-resources-num-cpus=1", verbose=False)
     assert _all_stopped(env)
     data = json.loads((out / "crash" / "results.json").read_text())
+    validate_results(data)
     assert data["status"] == "failed"
     assert re.search(r"num-clients=3 but only [0-2] node\(s\) connected", data["error"]), data["error"]
 
@@ -101,6 +104,7 @@ def test_local_deployment_superlink_and_supernodes(tmp_path, capsys):
     assert rc == 0, printed
     assert "deployment: 1 SuperLink + 2 SuperNodes, TLS, SuperNode authentication" in printed
     data = json.loads((out / "dep" / "results.json").read_text())
+    validate_results(data)
     assert data["status"] == "completed"
     for pid in ("0", "1"):
         ledger = json.loads((state / "dep" / f"partition-{pid}.json").read_text())
@@ -172,6 +176,7 @@ def test_deployment_survives_a_supernode_killed_mid_round(tmp_path):
         supervisor.join()
         assert "error" not in outcome, outcome.get("error")
     data = json.loads((out / "fault" / "results.json").read_text())
+    validate_results(data)
     assert data["status"] == "completed"
     cycle1 = data["cycles"][1]
     assert ("train", 1) in [(e["message-type"], e["partition"]) for e in cycle1.get("lost-clients", [])], cycle1
@@ -194,6 +199,7 @@ def test_flwr_run_tells_the_serverapp_which_keys_the_user_set(tmp_path):
         env.start_superlink()
         env.run(run_config, federation_config="num-supernodes=2 client-resources-num-cpus=1", verbose=False)
     data = json.loads((out / "fale" / "results.json").read_text())
+    validate_results(data)
     assert data["status"] == "completed" and data["strategy-defaults"] == {"evaluation": "federated"}
     assert data["config"]["num-cycles"] == 3 and len(data["cycles"]) == 4
     assert [c["labeled"] for c in data["cycles"]] == [0, 10, 20, 30]

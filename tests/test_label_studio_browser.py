@@ -3,7 +3,8 @@
 The Label Studio oracle creates a task for a digit (image, prediction,
 priority); Selenium logs in, opens the task, clicks the true class and
 Submit; the oracle then reads the label back with who gave it. The screenshot
-of the page is the one in the README (``FAL_SCREENSHOT=<path>`` keeps it).
+of the page is the one in the docs (``FAL_SCREENSHOT=docs/label-studio-queried-sample.png``
+keeps it).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from launcher import label as fal_label
 from server_app.app import run_experiment
 from server_app.checkpoint import ResumeError
 from server_app.inprocess import InProcessGrid, run_inprocess
+from server_app.results_schema import validate_results
 from server_app.labels import LabelsPending
 
 
@@ -127,6 +128,7 @@ def test_file_oracle_run_stops_resumes_and_matches_the_simulation_oracle(small_r
             assert len(csvs) == 2  # one per site
     assert stops == 3  # initial labels and each query: the deadline passed before the person answered
     assert results["status"] == "completed" and len(results["resumed"]) == 2
+    validate_results(json.loads((Path(small_run["output-dir"]) / "test-run" / "results.json").read_text()))
     assert [c["cycle"] for c in results["cycles"]] == [0, 1, 2]
     # the same numbers as the simulation oracle: same choices, same labels, same accuracies
     for mine, ref in zip(results["cycles"], reference["cycles"]):

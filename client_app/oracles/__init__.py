@@ -2,7 +2,7 @@
 
 ``ground-truth`` answers at once from the dataset (simulation); ``label-studio``
 and ``file`` are :class:`client_app.oracle.PersonOracle` s: people answer, maybe
-days later. See README "Labeling with people".
+days later. See docs/explanation/labeling.md.
 """
 
 from __future__ import annotations

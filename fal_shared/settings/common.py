@@ -14,7 +14,7 @@ class SettingsBase(BaseModel):
 
 
 def setting(default: Any, alias: str, description: str, *, unit: str = "", source: str = "", **kw: Any) -> Any:
-    """A documented setting: ``alias`` is the run-config key, ``unit`` and ``source`` go to the README table."""
+    """A documented setting: ``alias`` is the run-config key, ``unit`` and ``source`` go to the docs' run-config table."""
     return Field(
         default,
         alias=alias,

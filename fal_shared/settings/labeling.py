@@ -4,7 +4,7 @@ The *run config* says how long the server waits for labels a person gives
 (every site sees the same value). The *node config* says who labels at a site
 and where (``oracle``, the Label Studio URL, token and project, the file
 oracle's folder): each site keeps its own, and none of it ever travels to the
-server. Both tables in the README are generated from here.
+server. Both tables in the docs (run config, node config) are generated from here.
 """
 
 from __future__ import annotations
@@ -100,6 +100,6 @@ def parse_node_labeling(node_config: dict[str, Any]) -> NodeLabelingConfig:
         problems = []
         for e in err.errors():
             loc = ".".join(str(p) for p in e["loc"])
-            msg = "unknown oracle key (see README \"Labeling with people\")" if e["type"] == "extra_forbidden" else e["msg"]
+            msg = "unknown oracle key (see the docs, Node config)" if e["type"] == "extra_forbidden" else e["msg"]
             problems.append(f"{loc}: {msg}" if loc else msg)
         raise ValueError("node config: " + "; ".join(p.replace("Value error, ", "") for p in problems)) from None

@@ -86,7 +86,7 @@ class RegressionBaselineSettings(SettingsBase):
     bait_bmdal: str = setting(
         "p_ll_train", "bait-bmdal",
         "BAIT (and LoGo-BAIT's scores): BMDAL configuration <mode>_<base kernel>[_<transform>...] "
-        "(see README, Regression baselines).", source=f"{_LITERATURE} NN_bait-fb-p_ll_train",
+        "(see the docs, Regression baselines).", source=f"{_LITERATURE} NN_bait-fb-p_ll_train",
     )
     bait_overselection: float = setting(
         2.0, "bait-overselection",
