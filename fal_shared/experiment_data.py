@@ -8,6 +8,8 @@ server holds only the test set. Loaded datasets are cached per process
 
 from __future__ import annotations
 
+import os
+
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -139,7 +141,19 @@ def check_data(cfg: RunConfig) -> TestData:
 def _data_key(cfg: RunConfig, num_partitions: int) -> tuple:
     """Every setting a client's partition depends on (besides its partition id)."""
     return (cfg.task, cfg.dataset, cfg.data_root, cfg.seed, num_partitions, cfg.long_tail_factor, cfg.train_subset_size,
-            cfg.test_subset_size, cfg.partition, cfg.partition_file, cfg.alpha, cfg.test_fraction, cfg.regression_alpha)
+            cfg.test_subset_size, cfg.partition, cfg.partition_file, _file_stamp(cfg), cfg.alpha, cfg.test_fraction,
+            cfg.regression_alpha)
+
+
+def _file_stamp(cfg: RunConfig) -> tuple:
+    """A partition file rewritten in place is read again: its size and modification time are part of the key."""
+    if cfg.partition != "file":
+        return ()
+    try:
+        st = os.stat(cfg.partition_file)
+    except OSError:
+        return ()
+    return (st.st_size, st.st_mtime_ns)
 
 
 #: The partitions built in this process, for the last two federations (data keys): a Ray actor that serves

@@ -33,8 +33,6 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 from torch import nn
 
@@ -64,7 +62,10 @@ class InputGradient(nn.Module):
         return logits.detach(), grad.reshape(len(x), -1)
 
 
-def _kmeans(points: np.ndarray, n_clusters: int, random_state: int, n_init: int, max_iter: int) -> KMeans:
+def _kmeans(points: np.ndarray, n_clusters: int, random_state: int, n_init: int, max_iter: int):
+    from sklearn.cluster import KMeans  # about 2 s of CPU to import: only in the processes that cluster
+    from sklearn.exceptions import ConvergenceWarning
+
     km = KMeans(n_clusters=n_clusters, n_init=n_init, max_iter=max_iter, random_state=random_state)
     # threads follow the client's torch thread budget (see query.baselines.logo_kmeans)
     with warnings.catch_warnings(), threadpool_limits(limits=torch.get_num_threads()):

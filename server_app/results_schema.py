@@ -157,6 +157,27 @@ class StrategyRecord(BaseModel):
     fraction_global_embedding: float | None = _f("fairfal: their fraction", None, alias="fraction-global-embedding")
 
 
+class Summary(_Closed):
+    """Per-client values of a cycle summarised (readable at 1,000 clients; ``fal_shared.summaries``)."""
+
+    count: int = _f("clients the values came from")
+    min: float | None = _f("smallest value", None)
+    median: float | None = _f("median value", None)
+    max: float | None = _f("largest value", None)
+    sum: float | None = _f("sum over the clients", None)
+
+
+class Summaries(_Closed):
+    """A cycle's per-client figures as count / min / median / max / sum."""
+
+    labeled_per_client: Summary = _f("labels held per client", alias="labeled-per-client")
+    client_compute_seconds: dict[str, Summary] = _f("clients' compute seconds per message, per message kind",
+                                                    alias="client-compute-seconds")
+    budgets: Summary | None = _f("query phase: labels each client was to buy", None)
+    selected_per_client: Summary | None = _f("query phase: samples each client chose", None, alias="selected-per-client")
+    selection_seconds: Summary | None = _f("query phase: each client's selection seconds", None, alias="selection-seconds")
+
+
 class Cycle(_Closed):
     """One cycle: training on the labels held, the evaluation, then (all but the last) the query phase."""
 
@@ -177,6 +198,7 @@ class Cycle(_Closed):
     traffic: dict[str, Traffic] = _f("per message kind (train, evaluate, query.setup, query.select, ...) this cycle")
     lost_clients: list[LostClient] | None = _f("clients lost this cycle", None, alias="lost-clients")
     campaign: Campaign | None = _f("the campaign's numbers (audit-size, stop-when, random-share)", None)
+    summaries: Summaries | None = _f("the per-client figures summarised (count / min / median / max / sum)", None)
 
 
 class Client(_Closed):
@@ -196,12 +218,21 @@ class Totals(_Closed):
     final_evaluation: Evaluation | None = _f("the last cycle's evaluation (completed runs)", None, alias="final-evaluation")
 
 
+class Launcher(_Closed):
+    """What the launcher (fal-simulate, fal-deploy) adds when the run ends."""
+
+    phases: dict[str, float] = _f("when the launcher reached each of its phases (Unix seconds; start first)")
+    scope: str = _f("the run's id in FAL_RUN_SCOPES: every process of the run carries it (launcher/stopping.py)")
+    signal: str | None = _f("the signal that stopped the run (SIGTERM, SIGINT, SIGHUP)", None)
+
+
 class ResultsFile(_Closed):
     """``<output-dir>/<run-name>/results.json``: rewritten after every cycle, so a crash keeps what was done."""
 
     run_name: str = _f("the run's name (run-name)", alias="run-name")
-    status: Literal["running", "completed", "failed", "waiting-for-labels"] = _f(
-        "running (also: a ServerApp killed mid-run), completed, failed (see error), waiting-for-labels (resumable)")
+    status: Literal["running", "completed", "failed", "waiting-for-labels", "stopped"] = _f(
+        "running (also: a ServerApp killed mid-run), completed, failed (see error), waiting-for-labels (resumable), "
+        "stopped (the launcher got SIGTERM, SIGINT or SIGHUP; the same command resumes it)")
     error: str | None = _f("why the run failed or stopped")
     started: str = _f("UTC start, ISO 8601")
     finished: str | None = _f("UTC end, ISO 8601")
@@ -218,10 +249,13 @@ class ResultsFile(_Closed):
                                                                   alias="campaign-warnings")
     tracking: Tracking | None = _f("tracker = mlflow: where the curves are", None)
     totals: Totals = _f("empty while running; the run's totals once it ended")
+    launcher: Launcher | None = _f("fal-simulate / fal-deploy: when the launcher reached each phase, its run scope", None)
+    timeline: dict[str, float] | None = _f("when the run reached each event (Unix seconds, e.g. serverapp-main, "
+                                           "setup-done): where a run's fixed cost goes", None)
 
 
 MODELS: list[type[BaseModel]] = [ResultsFile, Client, Cycle, Evaluation, Seconds, Traffic, LostClient, Labeling,
-                                 StrategyRecord, AhfalRecord, FaleRecord, Totals, *CAMPAIGN_MODELS]
+                                 StrategyRecord, AhfalRecord, FaleRecord, Totals, Summaries, Summary, Launcher, *CAMPAIGN_MODELS]
 
 
 def validate_results(data: dict[str, Any]) -> ResultsFile:
