@@ -35,6 +35,7 @@ from typing import IO
 from fal_shared.config import toml_value
 from launcher.certs import make_superlink_certificates, make_supernode_key
 from launcher.stopping import SCOPE_VARIABLE, scope_processes, stop_processes
+from launcher.flower_simulation import write_shim
 
 __all__ = ["FlowerEnvironment", "RunFailed", "free_port"]
 
@@ -128,6 +129,10 @@ class FlowerEnvironment:
             "RAY_USAGE_STATS_ENABLED": os.environ.get("RAY_USAGE_STATS_ENABLED", "0"),
             SCOPE_VARIABLE: f"{os.environ.get(SCOPE_VARIABLE, '')} {self.scope_id}".strip(),
         }
+        if simulation:  # Flower's flwr-simulation with a message pump linear in the number of clients
+            shim_dir = self.home / "bin"
+            write_shim(shim_dir)
+            self.env["PATH"] = str(shim_dir) + os.pathsep + self.env["PATH"]
         self.bin_dir = bin_dir
         self.control_port: int | None = None
         self.fleet_port: int | None = None
