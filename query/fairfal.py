@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.special import softmax
 
 from fal_shared.settings.fairfal import FairfalSettings
 from query.base import PoolContext, Selector, register_selector
@@ -295,6 +294,8 @@ def prototype_pseudo_labels(
     for start in range(0, h.shape[0], rows):
         sim[start : start + rows] = normalize(np.asarray(h[start : start + rows], dtype=np.float64)) @ mu_unit
     sim[:, ~seen] = -np.inf
+    from scipy.special import softmax  # scipy costs CPU to import: only where FairFAL pseudo-labels
+
     probs = softmax(sim / temperature, axis=1)
     return np.argmax(sim, axis=1).astype(np.intp), probs
 

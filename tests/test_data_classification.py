@@ -379,6 +379,23 @@ def test_digits_split() -> None:
     assert te.mean == tr.mean and abs(tr.mean[0] - float(tr.images().mean())) < 1e-6
 
 
+def test_digits_are_scikit_learns_load_digits_read_without_importing_it() -> None:
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from fal_shared.data._common import sklearn_bundled_csv
+
+    bunch = load_digits()
+    data = sklearn_bundled_csv("digits.csv.gz")
+    assert np.array_equal(data[:, :-1], bunch.data) and np.array_equal(data[:, -1].astype(int), bunch.target)
+    code = ("import sys; from fal_shared.data.classification import load_classification; "
+            "load_classification('digits', 'train', cache=False); print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False", "loading digits imported scikit-learn (2 s of CPU per ClientApp process)"
+
+
 def test_array_dataset_container() -> None:
     x = np.arange(2 * 3 * 2 * 2, dtype=np.uint8).reshape(2, 3, 2, 2) * 10
     ds = ArrayDataset(x=x, y=np.array([1, 0]), num_classes=3, name="toy",

@@ -26,6 +26,10 @@ def test_diabetes() -> None:
     X, y, name = load_regression("diabetes")
     assert X.shape == (442, 10) and y.shape == (442,) and name == "diabetes"
     assert X.dtype == np.float64 and y.dtype == np.float64
+    from sklearn.datasets import load_diabetes  # read without importing scikit-learn: the same numbers
+
+    bunch = load_diabetes(scaled=False)
+    assert np.array_equal(X, bunch.data) and np.array_equal(y, bunch.target)
 
 
 @pytest.mark.skipif(not (SHARED_DATASETS / "uci" / "protein.csv.gz").is_file(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numbers
 import zlib
+from pathlib import Path
 
 import numpy as np
 
@@ -53,3 +54,23 @@ def make_rng(seed: int, purpose: str, *keys: int) -> np.random.Generator:
     for k in keys:
         entropy.append(check_seed(k, "rng key"))
     return np.random.default_rng(entropy)
+
+
+def sklearn_bundled_csv(name: str) -> np.ndarray:
+    """A data file scikit-learn ships (``sklearn/datasets/data/<name>``), read as its loader reads it.
+
+    ``load_digits`` and ``load_diabetes`` only ``np.loadtxt`` these files, but importing
+    ``sklearn.datasets`` to call them costs about 2 s of CPU (it imports scipy and much of
+    scikit-learn), paid in every ClientApp process: a deployed SuperNode starts one per message.
+    The file is found without importing scikit-learn; tests/test_data_classification.py and
+    tests/test_data_regression.py check that the arrays equal the loaders'.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # finds the package, does not import it
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("scikit-learn is not installed: its bundled datasets (digits, diabetes) need it")
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"scikit-learn's bundled data file {str(path)!r} is missing")
+    return np.loadtxt(path, delimiter=None if name.startswith("diabetes") else ",")

@@ -62,7 +62,7 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 
-from ._common import make_rng
+from ._common import make_rng, sklearn_bundled_csv
 
 __all__ = [
     "ArrayDataset",
@@ -549,12 +549,9 @@ _DIGITS_SPLIT_SEED = 0  # fixed: digits has no official split; independent of th
 
 def _digits_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
     """sklearn digits with a fixed stratified 75/25 split (per class round(0.25 n_c) to test)."""
-    from sklearn.datasets import load_digits  # local import: sklearn is slow to import
-
-    bunch = load_digits()
-    images = np.asarray(bunch.images)
-    x = np.rint(images).astype(np.uint8).reshape(-1, 1, 8, 8)  # values 0..16
-    y = np.asarray(bunch.target, dtype=np.int64)
+    data = sklearn_bundled_csv("digits.csv.gz")  # what load_digits reads, without importing scikit-learn
+    x = np.rint(data[:, :-1]).astype(np.uint8).reshape(-1, 1, 8, 8)  # values 0..16
+    y = data[:, -1].astype(np.int64)
     rng = make_rng(_DIGITS_SPLIT_SEED, "digits/split")
     test_parts = []
     for c in np.unique(y):

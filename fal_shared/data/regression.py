@@ -45,7 +45,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from ._common import check_seed, make_rng
+from ._common import check_seed, make_rng, sklearn_bundled_csv
 from .partition import DEFAULT_MIN_SIZE, partition_indices
 
 __all__ = [
@@ -128,11 +128,10 @@ def load_regression(
             f"{', '.join(REGRESSION_DATASETS)}, or csv:<path>[:<target-column-index>]"
         )
     if name == "diabetes":
-        from sklearn.datasets import load_diabetes  # local import: slow
-
-        bunch = load_diabetes(scaled=False)
+        # what load_diabetes(scaled=False) reads, without importing scikit-learn
         return RegressionDataset(
-            np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target, dtype=np.float64),
+            np.asarray(sklearn_bundled_csv("diabetes_data_raw.csv.gz"), dtype=np.float64),
+            np.asarray(sklearn_bundled_csv("diabetes_target.csv.gz"), dtype=np.float64).ravel(),
             name,
         )
     files = REGRESSION_DATASETS[name]
