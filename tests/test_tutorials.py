@@ -162,9 +162,11 @@ def test_every_tutorial_page_is_tested():
 @pytest.mark.flower
 def test_first_run(tmp_path):
     home, out = run_page("first-run", tmp_path, timeout=480)
-    data = _results(home, "first-run")
+    data = _results(home, "first-run")  # the documented schema (docs: results.json)
     assert data["status"] == "completed" and len(data["cycles"]) == 3 and data["config"]["num-clients"] == 4
-    assert "[FAL] completed 3 cycles" in out
+    assert "[FAL] cycle 0: accuracy=" in out and "[FAL] completed 3 cycles" in out
+    assert data["cycles"][0]["traffic"]["query.select"]["messages-sent"] == 4  # a real query phase, every site
+    assert (home / "fal-results" / "first-run" / "flower.log").exists()
     assert (home / "fal-results" / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -186,9 +188,14 @@ def test_federation(tmp_path):
     home, out = run_page("federation", tmp_path, timeout=540)
     assert _results(home, "deploy-tls")["status"] == "completed"
     assert "TLS, SuperNode authentication" in out
-    assert _results(home, "by-hand")["status"] == "completed"
+    by_hand = _results(home, "by-hand")
+    assert by_hand["status"] == "completed"
     ledgers = sorted(p.name for p in (home / "fal-tutorial" / "state" / "by-hand").glob("partition-*.json"))
     assert ledgers == ["partition-0.json", "partition-1.json"]
+    for pid in ("0", "1"):  # every label the sites bought is in their own ledger, once
+        ledger = json.loads((home / "fal-tutorial" / "state" / "by-hand" / f"partition-{pid}.json").read_text())
+        bought = [e[0] for e in ledger["entries"]]
+        assert len(bought) == len(set(bought)) == by_hand["cycles"][-1]["labeled-per-client"][pid] > 0
 
 
 def _label_studio_person(url: str, token: str):
