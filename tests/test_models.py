@@ -107,3 +107,7 @@ def test_resnet8s_block_is_torchvisions_basic_block_parameter_for_parameter():
              "print(sorted(m for m in ('torchvision', 'sklearn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+    # a deployed SuperNode starts one ClientApp process per message: it imports no scipy either
+    probe = "import sys, client_app.app; print('scipy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
