@@ -34,8 +34,8 @@ from typing import IO
 
 from fal_shared.config import toml_value
 from launcher.certs import make_superlink_certificates, make_supernode_key
-from launcher.stopping import SCOPE_VARIABLE, scope_processes, stop_processes
 from launcher.flower_simulation import write_shim
+from launcher.stopping import SCOPE_VARIABLE, scope_processes, stop_processes
 
 __all__ = ["FlowerEnvironment", "RunFailed", "free_port"]
 

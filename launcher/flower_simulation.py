@@ -62,6 +62,8 @@ def install() -> bool:
             "flwr %s: the linear message pump was checked against %s only; Flower's own runs (slow past "
             "a few hundred clients)", flwr.__version__, ", ".join(CHECKED_FLOWER_VERSIONS))
         return False
+    if hasattr(vce_api.add_messages_to_queue, "flowers"):  # installed already: not a wrapper of the wrapper
+        return True
     flowers = vce_api.add_messages_to_queue
 
     def add_messages_to_queue(state: Any, queue: Queue, nodes_mapping: dict[int, Any], f_stop: Event) -> None:
@@ -73,7 +75,7 @@ def install() -> bool:
             f_stop.wait(SWEEP_SECONDS)
         return None
 
-    add_messages_to_queue.flowers = flowers  # type: ignore[attr-defined]
+    add_messages_to_queue.flowers = flowers  # type: ignore[attr-defined]  # Flower's, kept for other LinkStates
     vce_api.add_messages_to_queue = add_messages_to_queue  # run_api looks the name up when it starts
     return True
 

@@ -91,6 +91,8 @@ def test_an_expired_message_is_dropped_as_flower_drops_it():
 
 def test_the_installed_pump_feeds_the_queue_and_stops_on_the_event():
     assert install()
+    installed = vce_api.add_messages_to_queue
+    assert install() and vce_api.add_messages_to_queue is installed  # a second install wraps nothing again
     state, nodes = _federation(5, {i: 1 for i in range(5)})
     queue: Queue = Queue()
     stop = threading.Event()

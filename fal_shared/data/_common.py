@@ -56,12 +56,13 @@ def make_rng(seed: int, purpose: str, *keys: int) -> np.random.Generator:
     return np.random.default_rng(entropy)
 
 
-def sklearn_bundled_csv(name: str) -> np.ndarray:
+def sklearn_bundled_csv(name: str, delimiter: str | None = ",") -> np.ndarray:
     """A data file scikit-learn ships (``sklearn/datasets/data/<name>``), read as its loader reads it.
 
     ``load_digits`` and ``load_diabetes`` only ``np.loadtxt`` these files, but importing
     ``sklearn.datasets`` to call them costs about 2 s of CPU (it imports scipy and much of
     scikit-learn), paid in every ClientApp process: a deployed SuperNode starts one per message.
+    ``delimiter`` is the loader's (``None``: whitespace, as ``load_diabetes`` reads its files).
     The file is found without importing scikit-learn; tests/test_data_classification.py and
     tests/test_data_regression.py check that the arrays equal the loaders'.
     """
@@ -73,4 +74,4 @@ def sklearn_bundled_csv(name: str) -> np.ndarray:
     path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / name
     if not path.is_file():
         raise FileNotFoundError(f"scikit-learn's bundled data file {str(path)!r} is missing")
-    return np.loadtxt(path, delimiter=None if name.startswith("diabetes") else ",")
+    return np.loadtxt(path, delimiter=delimiter)

@@ -130,8 +130,8 @@ def load_regression(
     if name == "diabetes":
         # what load_diabetes(scaled=False) reads, without importing scikit-learn
         return RegressionDataset(
-            np.asarray(sklearn_bundled_csv("diabetes_data_raw.csv.gz"), dtype=np.float64),
-            np.asarray(sklearn_bundled_csv("diabetes_target.csv.gz"), dtype=np.float64).ravel(),
+            np.asarray(sklearn_bundled_csv("diabetes_data_raw.csv.gz", delimiter=None), dtype=np.float64),
+            np.asarray(sklearn_bundled_csv("diabetes_target.csv.gz", delimiter=None), dtype=np.float64).ravel(),
             name,
         )
     files = REGRESSION_DATASETS[name]
